@@ -1,0 +1,38 @@
+# pyrotrain: `make run` installs everything (Horovod included) and runs the default job;
+# `make test` runs the tests. Everything lives in .venv inside the repository.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A CPU build of torch by default; `make install TORCH=torch` takes your platform's default build.
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.pyrotrain-installed
+PYTEST_ARGS ?=
+
+.PHONY: install run test lint bench clean
+
+install: $(STAMP)
+	@scripts/install_horovod.sh $(PY)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH)"
+	$(PY) -m pip install -e ".[dev]"
+	@touch $(STAMP)
+
+run: install
+	$(VENV)/bin/pyrotrain
+
+test: install
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check pyrotrain models tests scripts
+	$(VENV)/bin/ruff format --check pyrotrain models tests scripts
+
+bench: install
+	@ls scripts/bench_*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }
+	@for b in scripts/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

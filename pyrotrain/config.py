@@ -1,0 +1,147 @@
+"""Typed view of the composed Hydra config, with validation whose errors name the key and the fix.
+
+Hydra composes YAML; this module checks each section against a dataclass schema before anything
+heavy runs. The checks are deliberately plain Python: each field's type, allowed choices and bounds
+live in its dataclass metadata, so the error for ``trainer.steps=abc`` names the key, the value and
+what would be accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import PyrotrainError
+
+
+def _meta(help: str, *, minimum: float | None = None, exclusive: bool = False) -> dict:
+    return {"help": help, "minimum": minimum, "exclusive": exclusive}
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    steps: int | None = field(
+        default=1000, metadata=_meta("number of optimizer steps", minimum=1)
+    )
+    epochs: int | None = field(
+        default=None,
+        metadata=_meta("number of passes over the data; when set, overrides steps", minimum=1),
+    )
+    batch_size: int | None = field(
+        default=None, metadata=_meta("minibatch size; null means the full data", minimum=1)
+    )
+    device: Literal["cpu", "cuda", "auto"] = field(
+        default="cpu", metadata=_meta("where tensors live; auto picks cuda when available")
+    )
+    dtype: Literal["float32", "float64"] = field(
+        default="float32", metadata=_meta("floating-point precision of data and parameters")
+    )
+    log_every: int = field(
+        default=10, metadata=_meta("steps between metrics rows and plain log lines", minimum=1)
+    )
+    progress: Literal["auto", "bar", "plain", "none"] = field(
+        default="auto",
+        metadata=_meta("auto: a progress bar on a terminal, plain lines otherwise"),
+    )
+    smoothing: float = field(
+        default=0.9,
+        metadata=_meta("weight of the past in the exponentially smoothed loss (0 to <1)", minimum=0),
+    )
+    eval_num_samples: int = field(
+        default=100, metadata=_meta("posterior samples drawn for the evaluation", minimum=1)
+    )
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " (or null)"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+def _coerce(value: Any, tp: Any, key: str, meta: dict) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Literal:
+        if value not in args:
+            raise PyrotrainError(f"{key} must be {_type_name(tp)}", key=key, value=value,
+                                 choices=args)
+        return value
+    if type(None) in args:
+        if value is None:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key, meta)
+    ok = (
+        (tp is int and isinstance(value, int) and not isinstance(value, bool))
+        or (tp is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (tp is bool and isinstance(value, bool))
+        or (tp is str and isinstance(value, str))
+    )
+    if not ok:
+        raise PyrotrainError(f"{key} must be {_type_name(tp)} ({meta['help']})", key=key,
+                             value=value)
+    if tp is float:
+        value = float(value)
+    minimum = meta.get("minimum")
+    if minimum is not None and (value <= minimum if meta.get("exclusive") else value < minimum):
+        bound = f"greater than {minimum}" if meta.get("exclusive") else f"at least {minimum}"
+        raise PyrotrainError(f"{key} must be {bound} ({meta['help']})", key=key, value=value)
+    return value
+
+
+def parse_section(cls: type, node: Any, key: str) -> Any:
+    """Check a config node against dataclass ``cls``; unknown keys and bad values raise."""
+    if node is None:
+        node = {}
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    if not isinstance(node, dict):
+        raise PyrotrainError(f"{key} must be a mapping", key=key, value=node)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in node:
+        if name not in fields:
+            raise PyrotrainError(f"'{name}' is not a {key} setting", key=f"{key}.{name}",
+                                 value=node[name], choices=list(fields))
+    values = {
+        name: _coerce(node[name], hints[name], f"{key}.{name}", dict(f.metadata))
+        for name, f in fields.items()
+        if name in node
+    }
+    return cls(**values)
+
+
+def named_section(node: Any, key: str) -> tuple[str, dict]:
+    """Split a ``{name: X, ...kwargs}`` section into the name and the remaining arguments."""
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    if isinstance(node, str):
+        return node, {}
+    if not isinstance(node, dict) or "name" not in node:
+        raise PyrotrainError(f"{key} must be a mapping with a 'name' key", key=key, value=node)
+    node = dict(node)
+    return node.pop("name"), node
+
+
+def field_help(cls: type) -> dict[str, str]:
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+def check_trainer_against_data(trainer: TrainerConfig, n_rows: int) -> None:
+    if trainer.batch_size is not None and trainer.batch_size > n_rows:
+        raise PyrotrainError(
+            f"the batch is larger than the training data ({n_rows} rows)",
+            key="trainer.batch_size",
+            value=trainer.batch_size,
+            hint=f"Use at most {n_rows}, or null for the full data",
+        )

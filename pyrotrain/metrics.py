@@ -1,0 +1,117 @@
+"""Where a run's numbers go: metrics.jsonl on disk, and a progress bar or log lines on screen."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+class SmoothedLoss:
+    """Exponentially weighted moving average with bias correction (as Adam's moments)."""
+
+    def __init__(self, weight: float):
+        self.weight = weight
+        self._avg = 0.0
+        self._n = 0
+
+    def update(self, value: float) -> float:
+        if math.isfinite(value):
+            self._n += 1
+            self._avg = self.weight * self._avg + (1 - self.weight) * value
+        return self.value
+
+    @property
+    def value(self) -> float:
+        if self._n == 0:
+            return float("nan")
+        return self._avg / (1 - self.weight**self._n) if self.weight > 0 else self._avg
+
+
+class MetricsFile:
+    """Appends one JSON object per logged step to ``metrics.jsonl``; a no-op without a path."""
+
+    def __init__(self, path: Path | None):
+        self._file: IO[str] | None = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(row) + "\n")
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _fmt_lrs(lrs: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.3g}" for k, v in lrs.items())
+
+
+class ProgressDisplay:
+    """A rich progress bar on a terminal, plain lines otherwise, or nothing (``mode='none'``)."""
+
+    def __init__(self, total: int, mode: str, console: Console | None = None):
+        self.console = console or Console(stderr=False)
+        if mode == "auto":
+            mode = "bar" if self.console.is_terminal else "plain"
+        self.mode = mode
+        self.total = total
+        self._start = time.perf_counter()
+        self._bar: Progress | None = None
+        if mode == "bar":
+            self._bar = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TaskProgressColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TextColumn("lr {task.fields[lr]}"),
+                TextColumn("{task.fields[speed]} steps/s"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
+            )
+            self._task = self._bar.add_task("train", total=total, loss="-", lr="-", speed="-")
+            self._bar.start()
+
+    def update(self, step: int, smoothed: float, lrs: dict[str, float], steps_per_s: float) -> None:
+        if self.mode == "bar" and self._bar is not None:
+            self._bar.update(
+                self._task, completed=step, loss=f"{smoothed:.4g}", lr=_fmt_lrs(lrs),
+                speed=f"{steps_per_s:.1f}",
+            )
+        elif self.mode == "plain":
+            elapsed = time.perf_counter() - self._start
+            eta = (self.total - step) / steps_per_s if steps_per_s > 0 else float("nan")
+            print(
+                f"step {step}/{self.total}  loss {smoothed:.4g}  lr {_fmt_lrs(lrs)}  "
+                f"{steps_per_s:.1f} steps/s  elapsed {elapsed:.1f}s  eta {eta:.1f}s",
+                file=sys.stdout,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

@@ -1,0 +1,426 @@
+"""The optimizer stack: parameter groups, each with one optimizer, scheduler and clipping.
+
+Pyro creates parameters lazily, so the stack assigns each parameter to the first group whose
+patterns match its name the first time the parameter is seen, and adds it to that group's single
+torch optimizer (built when the group's first parameter arrives). The stack subclasses
+``pyro.optim.PyroOptim`` so ``pyro.infer.SVI(model, guide, stack, elbo)`` works unchanged.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyro
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pyro.optim import PyroOptim
+
+from ..errors import PyrotrainError
+from ..registry import OPTIMIZERS, call_with_kwargs
+from .schedulers import SchedulerSpec, build_scheduler, step_scheduler
+
+GROUP_KEYS = ("params", "optimizer", "scheduler", "clip", "frozen", "optional")
+STACK_KEYS = ("lr", "groups", "dct")
+
+
+class Pattern:
+    """A glob (``AutoNormal.locs.*``) or, with a ``regex:`` prefix, a regular expression that
+    must match the whole parameter name."""
+
+    def __init__(self, text: str, key: str):
+        if not isinstance(text, str) or not text:
+            raise PyrotrainError("a parameter pattern must be a non-empty string", key=key,
+                                 value=text)
+        self.text = text
+        if text.startswith("regex:"):
+            try:
+                self._regex = re.compile(text[len("regex:"):])
+            except re.error as e:
+                raise PyrotrainError(f"not a valid regular expression ({e})", key=key,
+                                     value=text) from e
+        else:
+            self._regex = re.compile(fnmatch.translate(text))
+
+    def matches(self, name: str) -> bool:
+        return self._regex.fullmatch(name) is not None
+
+    def __repr__(self) -> str:
+        return repr(self.text)
+
+
+@dataclass
+class GroupSpec:
+    name: str
+    patterns: list[Pattern]
+    optimizer: str
+    optimizer_args: dict[str, Any]
+    scheduler: SchedulerSpec | None = None
+    clip_norm: float | None = None
+    clip_value: float | None = None
+    frozen: bool = False
+    optional: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"optim.groups.{self.name}"
+
+
+@dataclass
+class DCTMark:
+    """Mark parameters for DCTAdam: by name pattern and time dim, or by plate name (the guide is
+    then wrapped in pyro.contrib.forecast's MarkDCTParamMessenger)."""
+
+    patterns: list[Pattern] = field(default_factory=list)
+    dim: int | None = None
+    plate: str | None = None
+
+
+@dataclass
+class Group:
+    spec: GroupSpec
+    params: list[torch.Tensor] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+
+
+def _positive_number(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise PyrotrainError("must be a positive number", key=key, value=value)
+    return float(value)
+
+
+def parse_groups(node: Any, default_scheduler: Any = None) -> tuple[list[GroupSpec], list[DCTMark]]:
+    """Parse the ``optim`` config section (and the top-level ``scheduler`` default)."""
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    if isinstance(default_scheduler, DictConfig):
+        default_scheduler = OmegaConf.to_container(default_scheduler, resolve=True)
+    if not isinstance(node, Mapping):
+        raise PyrotrainError("optim must be a mapping with 'groups'", key="optim", value=node)
+    for k in node:
+        if k not in STACK_KEYS:
+            raise PyrotrainError(f"'{k}' is not an optim setting", key=f"optim.{k}",
+                                 value=node[k], choices=STACK_KEYS)
+    groups_node = node.get("groups")
+    if not isinstance(groups_node, Mapping) or not groups_node:
+        raise PyrotrainError("optim.groups must map group names to group settings",
+                             key="optim.groups", value=groups_node)
+    default_spec = SchedulerSpec.parse(default_scheduler, "scheduler")
+    specs = [_parse_group(str(name), g, default_spec) for name, g in groups_node.items()]
+    marks = [_parse_mark(m, f"optim.dct.{i}") for i, m in enumerate(node.get("dct") or [])]
+    return specs, marks
+
+
+def _parse_group(name: str, g: Any, default_scheduler: SchedulerSpec | None) -> GroupSpec:
+    key = f"optim.groups.{name}"
+    if not isinstance(g, Mapping):
+        raise PyrotrainError("a group must be a mapping", key=key, value=g)
+    for k in g:
+        if k not in GROUP_KEYS:
+            raise PyrotrainError(f"'{k}' is not a group setting", key=f"{key}.{k}", value=g[k],
+                                 choices=GROUP_KEYS)
+    patterns = g.get("params", ["*"])
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    if not isinstance(patterns, list) or not patterns:
+        raise PyrotrainError("params must be a list of patterns", key=f"{key}.params",
+                             value=patterns)
+    opt = g.get("optimizer")
+    if isinstance(opt, str):
+        opt = {"name": opt}
+    if not isinstance(opt, Mapping) or "name" not in opt:
+        raise PyrotrainError("optimizer must be a mapping with a 'name'", key=f"{key}.optimizer",
+                             value=opt)
+    opt_args = dict(opt)
+    opt_name = opt_args.pop("name")
+    frozen = bool(g.get("frozen", False))
+    if not frozen:
+        OPTIMIZERS.get(opt_name, f"{key}.optimizer.name")
+        for lr_key in ("lr", "eta"):
+            if lr_key in opt_args:
+                _positive_number(opt_args[lr_key], f"{key}.optimizer.{lr_key}")
+    clip = g.get("clip") or {}
+    if not isinstance(clip, Mapping) or set(clip) - {"norm", "value"}:
+        raise PyrotrainError("clip takes 'norm' and/or 'value'", key=f"{key}.clip", value=clip,
+                             choices=["norm", "value"])
+    clip_norm, clip_value = clip.get("norm"), clip.get("value")
+    scheduler = (
+        SchedulerSpec.parse(g["scheduler"], f"{key}.scheduler")
+        if "scheduler" in g
+        else default_scheduler
+    )
+    return GroupSpec(
+        name=name,
+        patterns=[Pattern(p, f"{key}.params") for p in patterns],
+        optimizer=opt_name,
+        optimizer_args=opt_args,
+        scheduler=scheduler,
+        clip_norm=None if clip_norm is None else _positive_number(clip_norm, f"{key}.clip.norm"),
+        clip_value=None
+        if clip_value is None
+        else _positive_number(clip_value, f"{key}.clip.value"),
+        frozen=frozen,
+        optional=bool(g.get("optional", False)),
+    )
+
+
+def _parse_mark(m: Any, key: str) -> DCTMark:
+    if isinstance(m, Mapping) and set(m) == {"plate"}:
+        return DCTMark(plate=str(m["plate"]))
+    if isinstance(m, Mapping) and set(m) <= {"params", "dim"} and "params" in m:
+        dim = m.get("dim", -1)
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim >= 0:
+            raise PyrotrainError("the DCT time dim must be a negative integer", key=f"{key}.dim",
+                                 value=dim)
+        pats = m["params"] if isinstance(m["params"], list) else [m["params"]]
+        return DCTMark(patterns=[Pattern(p, f"{key}.params") for p in pats], dim=dim)
+    raise PyrotrainError("a DCT mark is {plate: NAME} or {params: [PATTERNS], dim: -1}", key=key,
+                         value=m)
+
+
+class OptimizerStack(PyroOptim):
+    """Ordered parameter groups, each with ONE optimizer over all its parameters.
+
+    Call it like a ``PyroOptim`` (``stack(params)``) to clip and step every group's optimizer;
+    call :meth:`step` after each training step and :meth:`end_epoch` after each epoch to advance
+    the learning-rate schedulers (as with ``pyro.optim.PyroLRScheduler``), passing the loss for
+    ``plateau`` schedulers.
+
+    :param groups: group specs, first match wins (see :func:`parse_groups`).
+    :param dct_marks: which parameters DCTAdam should update in the frequency domain.
+    :param total_steps: training length in steps, filled into schedulers that need it.
+    :param total_epochs: training length in epochs, for ``interval: epoch`` schedulers.
+    """
+
+    def __init__(
+        self,
+        groups: list[GroupSpec],
+        dct_marks: Iterable[DCTMark] = (),
+        total_steps: int | None = None,
+        total_epochs: int | None = None,
+    ):
+        # PyroOptim's constructor sets up per-parameter machinery we do not use.
+        self.groups = [Group(spec) for spec in groups]
+        self.dct_marks = list(dct_marks)
+        self.total_steps = total_steps
+        self.total_epochs = total_epochs
+        self._group_of: dict[torch.Tensor, Group] = {}
+        self._pending_state: dict[str, dict] = {}
+
+    @classmethod
+    def from_config(cls, optim: Any, scheduler: Any = None, **kwargs: Any) -> OptimizerStack:
+        specs, marks = parse_groups(optim, scheduler)
+        return cls(specs, marks, **kwargs)
+
+    @property
+    def dct_plates(self) -> list[str]:
+        return [m.plate for m in self.dct_marks if m.plate is not None]
+
+    # -- parameter assignment -------------------------------------------------------------------
+
+    def assign(self, params: Iterable[torch.Tensor]) -> None:
+        """Give each parameter not seen before to its group (and that group's optimizer)."""
+        new = [p for p in params if p not in self._group_of]
+        if not new:
+            return
+        store = pyro.get_param_store()
+        named = sorted(((store.param_name(p), p) for p in new), key=lambda t: t[0])
+        touched: list[Group] = []
+        for name, p in named:
+            group = self._match(name)
+            self._mark_dct(name, p)
+            group.params.append(p)
+            group.names.append(name)
+            self._group_of[p] = group
+            if group not in touched:
+                touched.append(group)
+        for group in touched:
+            self._grow_optimizer(group)
+
+    def _match(self, name: str) -> Group:
+        for group in self.groups:
+            if any(pat.matches(name) for pat in group.spec.patterns):
+                return group
+        raise PyrotrainError(
+            f"parameter '{name}' matches no group's params patterns",
+            key="optim.groups",
+            value={g.spec.name: [p.text for p in g.spec.patterns] for g in self.groups},
+            hint="Add a pattern for it, or a last catch-all group with params: ['*']",
+        )
+
+    def _mark_dct(self, name: str, p: torch.Tensor) -> None:
+        for mark in self.dct_marks:
+            if mark.dim is not None and any(pat.matches(name) for pat in mark.patterns):
+                if -mark.dim > p.dim():
+                    raise PyrotrainError(
+                        f"parameter '{name}' has shape {tuple(p.shape)}, no dim {mark.dim}",
+                        key="optim.dct", value=mark.dim,
+                    )
+                p._pyro_dct_dim = mark.dim
+                return
+
+    def _grow_optimizer(self, group: Group) -> None:
+        spec = group.spec
+        if spec.frozen:
+            return
+        if group.optimizer is None:
+            cls = OPTIMIZERS.get(spec.optimizer, f"{spec.key}.optimizer.name")
+            try:
+                group.optimizer = call_with_kwargs(
+                    cls, spec.optimizer_args, f"{spec.key}.optimizer", list(group.params)
+                )
+            except (TypeError, ValueError) as e:
+                raise PyrotrainError(f"cannot build optimizer '{spec.optimizer}': {e}",
+                                     key=f"{spec.key}.optimizer", value=spec.optimizer_args) from e
+            if spec.scheduler is not None:
+                length = (
+                    self.total_epochs if spec.scheduler.interval == "epoch" else self.total_steps
+                )
+                group.scheduler = build_scheduler(spec.scheduler, group.optimizer, length)
+        else:
+            known = group.optimizer.param_groups[0]["params"]
+            seen = set(known)
+            known.extend(p for p in group.params if p not in seen)
+        self._consume_pending_state(group)
+
+    # -- stepping -------------------------------------------------------------------------------
+
+    def __call__(self, params: Iterable[torch.Tensor], *args: Any, **kwargs: Any) -> None:
+        """Clip and step each group's optimizer over the parameters in ``params``."""
+        params = params if isinstance(params, (set, frozenset)) else set(params)
+        self.assign(params)
+        for group in self.groups:
+            if group.optimizer is None:
+                continue
+            if len(params) < len(self._group_of):
+                # Parameters outside this step's trace must not move, as in pyro.optim, where
+                # their per-parameter optimizer is simply not called.
+                for p in group.params:
+                    if p not in params:
+                        p.grad = None
+            spec = group.spec
+            if spec.clip_norm is not None or spec.clip_value is not None:
+                grads = [p for p in group.params if p.grad is not None]
+                if spec.clip_value is not None:
+                    torch.nn.utils.clip_grad_value_(grads, spec.clip_value)
+                if spec.clip_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(grads, spec.clip_norm)
+            group.optimizer.step(*args, **kwargs)
+
+    def step(self, loss: float | None = None) -> None:
+        """Advance every ``interval: step`` scheduler; ``loss`` feeds plateau schedulers."""
+        self._step_schedulers("step", loss)
+
+    def end_epoch(self, loss: float | None = None) -> None:
+        """Advance every ``interval: epoch`` scheduler; ``loss`` feeds plateau schedulers."""
+        self._step_schedulers("epoch", loss)
+
+    def _step_schedulers(self, interval: str, loss: float | None) -> None:
+        for group in self.groups:
+            if group.scheduler is not None and group.spec.scheduler.interval == interval:
+                step_scheduler(group.scheduler, loss)
+
+    # -- reporting ------------------------------------------------------------------------------
+
+    def lrs(self) -> dict[str, float]:
+        """Each group's current learning rate (its configured one before it has parameters)."""
+        out = {}
+        for group in self.groups:
+            if group.spec.frozen:
+                continue
+            if group.optimizer is not None:
+                pg = group.optimizer.param_groups[0]
+                out[group.spec.name] = float(pg.get("lr", pg.get("eta", float("nan"))))
+            else:
+                args = group.spec.optimizer_args
+                out[group.spec.name] = float(args.get("lr", args.get("eta", float("nan"))))
+        return out
+
+    @torch.no_grad()
+    def grad_norms(self, params: Iterable[torch.Tensor]) -> dict[str, float]:
+        """The L2 norm of each group's gradients (before clipping), over ``params``."""
+        params = params if isinstance(params, (set, frozenset)) else set(params)
+        self.assign(params)
+        norms = {}
+        for group in self.groups:
+            grads = [p.grad for p in group.params if p in params and p.grad is not None]
+            if grads:
+                norms[group.spec.name] = float(
+                    torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+                )
+        return norms
+
+    def unused_groups(self) -> list[GroupSpec]:
+        """Non-optional groups that have matched no parameter yet."""
+        return [g.spec for g in self.groups if not g.params and not g.spec.optional]
+
+    def param_names(self) -> list[str]:
+        return [name for g in self.groups for name in g.names]
+
+    def describe(self) -> dict[str, dict]:
+        return {
+            g.spec.name: {
+                "optimizer": "frozen" if g.spec.frozen else g.spec.optimizer,
+                "scheduler": g.spec.scheduler.name if g.spec.scheduler else None,
+                "params": len(g.params),
+                "elements": sum(p.numel() for p in g.params),
+            }
+            for g in self.groups
+        }
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Every group's optimizer and scheduler state, keyed by group, with parameter names."""
+        return {
+            g.spec.name: {
+                "param_names": list(g.names),
+                "optimizer": g.optimizer.state_dict() if g.optimizer is not None else None,
+                "scheduler": g.scheduler.state_dict() if g.scheduler is not None else None,
+            }
+            for g in self.groups
+        }
+
+    def load_state_dict(self, state: Mapping[str, dict]) -> None:
+        """Load state now for groups that have all their parameters, later for the others."""
+        unknown = set(state) - {g.spec.name for g in self.groups}
+        if unknown:
+            raise PyrotrainError(
+                "the saved optimizer state has groups this stack does not",
+                key="optim.groups", value=sorted(unknown),
+                choices=[g.spec.name for g in self.groups],
+            )
+        self._pending_state.update(state)
+        for group in self.groups:
+            self._consume_pending_state(group)
+
+    def _consume_pending_state(self, group: Group) -> None:
+        saved = self._pending_state.get(group.spec.name)
+        if saved is None or group.optimizer is None:
+            return
+        names = saved["param_names"]
+        index = {n: i for i, n in enumerate(group.names)}
+        if any(n not in index for n in names):
+            return  # wait until every saved parameter exists again
+        del self._pending_state[group.spec.name]
+        # torch optimizers key state by position, so restore the saved order first.
+        order = [index[n] for n in names] + [i for n, i in index.items() if n not in set(names)]
+        group.params[:] = [group.params[i] for i in order]
+        group.names[:] = [group.names[i] for i in order]
+        group.optimizer.param_groups[0]["params"][:] = list(group.params)
+        if saved["optimizer"] is not None:
+            group.optimizer.load_state_dict(saved["optimizer"])
+        if saved["scheduler"] is not None and group.scheduler is not None:
+            group.scheduler.load_state_dict(saved["scheduler"])
+
+    # PyroOptim's interface, in terms of the above.
+    def get_state(self) -> dict:
+        return self.state_dict()
+
+    def set_state(self, state_dict: dict) -> None:
+        self.load_state_dict(state_dict)

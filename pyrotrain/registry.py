@@ -1,0 +1,214 @@
+"""Name -> constructor registries for everything the config can name.
+
+Entries may be objects or lazy import strings (``"package.module:Name"``) so that listing the
+registry or starting the CLI imports nothing heavy. Any key that takes a registered name also takes
+an import path, so user code plugs in without registering: ``optimizer.name=mypkg.optim:MyAdam``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .errors import PyrotrainError
+
+
+def import_object(path: str, key: str | None = None) -> Any:
+    """Import ``package.module:Name`` or ``package.module.Name``."""
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise PyrotrainError(
+            "expected an import path such as 'package.module:Name'", key=key, value=path
+        )
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as e:
+        raise PyrotrainError(
+            f"cannot import module '{module_name}' ({e})",
+            key=key,
+            value=path,
+            hint="Check that it is installed or on PYTHONPATH (the working directory is included)",
+        ) from e
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as e:
+            raise PyrotrainError(
+                f"module '{module_name}' has no attribute '{attr}'", key=key, value=path
+            ) from e
+    return obj
+
+
+def looks_like_import_path(name: str) -> bool:
+    return ":" in name or "." in name
+
+
+class Registry:
+    """An ordered mapping of names to constructors, with lazy import strings allowed."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Any] = {}
+
+    def register(self, name: str, obj: Any = None) -> Any:
+        """Register ``obj`` under ``name``; without ``obj``, return a decorator."""
+        if obj is None:
+            return lambda o: self.register(name, o)
+        self._entries[name] = obj
+        return obj
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def get(self, name: Any, key: str | None = None) -> Any:
+        """Resolve a registered name or an import path; unknown names raise PyrotrainError."""
+        if not isinstance(name, str) or not name:
+            raise PyrotrainError(
+                f"expected the name of a registered {self.kind}",
+                key=key,
+                value=name,
+                choices=self.names(),
+            )
+        if name in self._entries:
+            obj = self._entries[name]
+            if isinstance(obj, str):
+                obj = self._entries[name] = import_object(obj, key)
+            return obj
+        if looks_like_import_path(name):
+            return import_object(name, key)
+        raise PyrotrainError(
+            f"unknown {self.kind}",
+            key=key,
+            value=name,
+            choices=self.names(),
+            hint="Or give an import path 'package.module:Name'",
+        )
+
+    def describe(self, name: str) -> str:
+        """The first line of the entry's docstring, without importing lazy entries' modules."""
+        obj = self._entries[name]
+        if isinstance(obj, str):
+            return obj
+        doc = inspect.getdoc(obj) or ""
+        return doc.splitlines()[0] if doc else ""
+
+
+def call_with_kwargs(fn: Callable, kwargs: Mapping[str, Any], key: str, *args: Any) -> Any:
+    """Call ``fn(*args, **kwargs)``, turning unknown keyword arguments into a PyrotrainError."""
+    check_kwargs(fn, kwargs, key, n_positional=len(args))
+    return fn(*args, **kwargs)
+
+
+def check_kwargs(fn: Callable, kwargs: Mapping[str, Any], key: str, n_positional: int = 0) -> None:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    params = list(sig.parameters.values())
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    accepted = [
+        p.name
+        for p in params[n_positional:]
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    for name in kwargs:
+        if name not in accepted:
+            what = getattr(fn, "__qualname__", repr(fn))
+            raise PyrotrainError(
+                f"{what} takes no argument '{name}'",
+                key=f"{key}.{name}",
+                value=kwargs[name],
+                choices=accepted,
+            )
+
+
+OPTIMIZERS = Registry("optimizer")
+SCHEDULERS = Registry("scheduler")
+MODELS = Registry("model")
+DATASETS = Registry("dataset")
+GUIDES = Registry("guide")
+ELBOS = Registry("ELBO")
+
+register_optimizer = OPTIMIZERS.register
+register_scheduler = SCHEDULERS.register
+register_model = MODELS.register
+register_dataset = DATASETS.register
+register_guide = GUIDES.register
+register_elbo = ELBOS.register
+
+
+def _register_builtins() -> None:
+    # Pyro's optimizers under their own names; issue #6 swaps in vectorized versions.
+    OPTIMIZERS.register("adagrad_rmsprop", "pyro.optim.adagrad_rmsprop:AdagradRMSProp")
+    OPTIMIZERS.register("dct_adam", "pyro.optim.dct_adam:DCTAdam")
+    OPTIMIZERS.register("clipped_adam", "pyro.optim.clipped_adam:ClippedAdam")
+    OPTIMIZERS.register("pyro_adagrad_rmsprop", "pyro.optim.adagrad_rmsprop:AdagradRMSProp")
+    OPTIMIZERS.register("pyro_dct_adam", "pyro.optim.dct_adam:DCTAdam")
+    OPTIMIZERS.register("pyro_clipped_adam", "pyro.optim.clipped_adam:ClippedAdam")
+    # torch.optim optimizers that need no closure and take dense gradients (what SVI produces).
+    for name, cls in [
+        ("adam", "Adam"),
+        ("adamw", "AdamW"),
+        ("sgd", "SGD"),
+        ("rmsprop", "RMSprop"),
+        ("adagrad", "Adagrad"),
+        ("adadelta", "Adadelta"),
+        ("adamax", "Adamax"),
+        ("nadam", "NAdam"),
+        ("radam", "RAdam"),
+        ("asgd", "ASGD"),
+        ("rprop", "Rprop"),
+    ]:
+        OPTIMIZERS.register(name, f"torch.optim:{cls}")
+
+    for name, cls in [
+        ("step", "StepLR"),
+        ("multistep", "MultiStepLR"),
+        ("exponential", "ExponentialLR"),
+        ("cosine", "CosineAnnealingLR"),
+        ("cosine_warm_restarts", "CosineAnnealingWarmRestarts"),
+        ("onecycle", "OneCycleLR"),
+        ("cyclic", "CyclicLR"),
+        ("plateau", "ReduceLROnPlateau"),
+        ("lambda", "LambdaLR"),
+        ("multiplicative", "MultiplicativeLR"),
+        ("linear", "LinearLR"),
+        ("constant", "ConstantLR"),
+        ("polynomial", "PolynomialLR"),
+    ]:
+        SCHEDULERS.register(name, f"torch.optim.lr_scheduler:{cls}")
+
+    for name, cls in [
+        ("auto_normal", "AutoNormal"),
+        ("auto_delta", "AutoDelta"),
+        ("auto_diagonal_normal", "AutoDiagonalNormal"),
+        ("auto_lowrank_mvn", "AutoLowRankMultivariateNormal"),
+        ("auto_mvn", "AutoMultivariateNormal"),
+        ("auto_laplace", "AutoLaplaceApproximation"),
+    ]:
+        GUIDES.register(name, f"pyro.infer.autoguide:{cls}")
+
+    for name, cls in [
+        ("trace", "Trace_ELBO"),
+        ("trace_meanfield", "TraceMeanField_ELBO"),
+        ("tracegraph", "TraceGraph_ELBO"),
+        ("jit_trace", "JitTrace_ELBO"),
+        ("jit_trace_meanfield", "JitTraceMeanField_ELBO"),
+        ("renyi", "RenyiELBO"),
+    ]:
+        ELBOS.register(name, f"pyro.infer:{cls}")
+
+    MODELS.register("regression", "pyrotrain.models.regression:Regression")
+    DATASETS.register("diabetes", "pyrotrain.data:load_diabetes")
+    DATASETS.register("synthetic_regression", "pyrotrain.data:make_regression")
+
+
+_register_builtins()

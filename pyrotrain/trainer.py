@@ -1,0 +1,341 @@
+"""Build a run from a composed config and fit it: data -> model -> guide -> ELBO -> stack -> loop.
+
+Everything a user can get wrong is checked in :func:`build` before the first step, so a bad config
+fails fast with a :class:`~pyrotrain.errors.PyrotrainError` and writes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pyro.contrib.forecast.util import MarkDCTParamMessenger
+from rich.console import Console
+
+from .config import TrainerConfig, check_trainer_against_data, named_section, parse_section
+from .data import BatchOrder, Dataset
+from .distributed import build_backend
+from .errors import PyrotrainError
+from .metrics import MetricsFile, ProgressDisplay, SmoothedLoss
+from .optim.stack import OptimizerStack, parse_groups
+from .registry import DATASETS, ELBOS, GUIDES, MODELS, call_with_kwargs, import_object
+
+TOP_LEVEL_KEYS = (
+    "model", "data", "guide", "elbo", "optim", "scheduler", "distributed", "trainer", "seed",
+)
+
+
+@dataclass
+class Run:
+    """Everything built from the config, ready to fit."""
+
+    cfg: DictConfig
+    trainer: TrainerConfig
+    seed: int
+    data: Dataset
+    model: Callable
+    guide: Callable
+    elbo: Any
+    stack: OptimizerStack
+    backend: Any
+    device: torch.device
+    dtype: torch.dtype
+    model_kwargs: frozenset[str] | None  # None: the model takes **kwargs
+
+
+@contextlib.contextmanager
+def torch_defaults(dtype: torch.dtype, device: torch.device) -> Iterator[None]:
+    """Make tensors that models create with plain ``torch.zeros(...)`` match the run's settings."""
+    old_dtype = torch.get_default_dtype()
+    old_device = torch.get_default_device()
+    torch.set_default_dtype(dtype)
+    torch.set_default_device(device)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old_dtype)
+        torch.set_default_device(old_device)
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PyrotrainError("CUDA is not available on this machine", key="trainer.device",
+                             value=name, choices=["cpu", "auto"])
+    return torch.device(name)
+
+
+def _accepted_kwargs(fn: Callable) -> frozenset[str] | None:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def _build_model(node: Any, data: Dataset) -> Callable:
+    name, kwargs = named_section(node, "model")
+    target = MODELS.get(name, "model.name")
+    if inspect.isclass(target):
+        return call_with_kwargs(target, kwargs, "model", data)
+    if kwargs:
+        raise PyrotrainError(
+            "this model is a function, so it takes no model settings",
+            key="model", value=kwargs,
+        )
+    return target
+
+
+def _build_guide(node: Any, model: Callable) -> Callable:
+    name, kwargs = named_section(node, "guide")
+    factory = GUIDES.get(name, "guide.name")
+    init = kwargs.get("init_loc_fn")
+    if isinstance(init, str):
+        kwargs["init_loc_fn"] = (
+            import_object(init, "guide.init_loc_fn")
+            if ":" in init
+            else import_object(f"pyro.infer.autoguide.initialization:{init}", "guide.init_loc_fn")
+        )
+    return call_with_kwargs(factory, kwargs, "guide", model)
+
+
+def _build_elbo(node: Any) -> Any:
+    name, kwargs = named_section(node, "elbo")
+    cls = ELBOS.get(name, "elbo.name")
+    return call_with_kwargs(cls, kwargs, "elbo")
+
+
+def build(cfg: DictConfig) -> Run:
+    """Validate ``cfg`` and build every part of the run. Raises PyrotrainError on bad input."""
+    for key in cfg:
+        if key not in TOP_LEVEL_KEYS:
+            raise PyrotrainError(f"'{key}' is not a pyrotrain setting", key=str(key),
+                                 value=cfg[key], choices=TOP_LEVEL_KEYS)
+    trainer = parse_section(TrainerConfig, cfg.get("trainer"), "trainer")
+    seed = cfg.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise PyrotrainError("seed must be a non-negative integer", key="seed", value=seed)
+    # Check the optimizer stack's config before loading anything.
+    specs, marks = parse_groups(cfg.get("optim"), cfg.get("scheduler"))
+    backend = build_backend(cfg.get("distributed", "auto"))
+    device = _resolve_device(trainer.device)
+    dtype = getattr(torch, trainer.dtype)
+
+    data_name, data_kwargs = named_section(cfg.get("data"), "data")
+    loader = DATASETS.get(data_name, "data.name")
+    if "seed" in inspect.signature(loader).parameters and "seed" not in data_kwargs:
+        data_kwargs["seed"] = seed
+    data = call_with_kwargs(loader, data_kwargs, "data").to(device, dtype)
+    check_trainer_against_data(trainer, data.size)
+
+    with torch_defaults(dtype, device):
+        model = _build_model(cfg.get("model"), data)
+        guide = _build_guide(cfg.get("guide", "auto_normal"), model)
+        elbo = _build_elbo(cfg.get("elbo", "trace"))
+    for mark in marks:
+        if mark.plate is not None:
+            guide = MarkDCTParamMessenger(mark.plate)(guide)
+
+    order = BatchOrder(data.size, trainer.batch_size, seed, backend.rank, backend.size)
+    total_steps = (
+        trainer.epochs * order.steps_per_epoch if trainer.epochs is not None else trainer.steps
+    )
+    if total_steps is None:
+        raise PyrotrainError("set trainer.steps or trainer.epochs", key="trainer.steps",
+                             value=None)
+    total_epochs = trainer.epochs or math.ceil(total_steps / order.steps_per_epoch)
+    stack = OptimizerStack(specs, marks, total_steps=total_steps, total_epochs=total_epochs)
+    return Run(
+        cfg=cfg, trainer=trainer, seed=seed, data=data, model=model, guide=guide, elbo=elbo,
+        stack=stack, backend=backend, device=device, dtype=dtype,
+        model_kwargs=_accepted_kwargs(model),
+    )
+
+
+def _versions() -> dict[str, str]:
+    import hydra
+    import omegaconf
+
+    from . import __version__
+
+    return {
+        "pyrotrain": __version__,
+        "pyro": pyro.__version__,
+        "torch": torch.__version__,
+        "hydra": hydra.__version__,
+        "omegaconf": omegaconf.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_params(path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    pyro.get_param_store().save(tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Runs the SVI loop of a built :class:`Run` and writes its outputs to ``run_dir``."""
+
+    def __init__(self, run: Run, run_dir: Path | None = None, console: Console | None = None):
+        self.run = run
+        self.writes = run_dir is not None and run.backend.is_main
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.console = console or Console()
+
+    def _batch(self, index: torch.Tensor) -> dict[str, Any]:
+        data = self.run.data
+        index = index.to(self.run.device)
+        batch: dict[str, Any] = {k: v[index] for k, v in data.train.items()}
+        batch["index"] = index
+        batch["size"] = data.size
+        accepted = self.run.model_kwargs
+        if accepted is not None:
+            batch = {k: v for k, v in batch.items() if k in accepted}
+        return batch
+
+    def fit(self) -> dict[str, Any]:
+        run = self.run
+        with torch_defaults(run.dtype, run.device):
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
+        run, t, stack, backend = self.run, self.run.trainer, self.run.stack, self.run.backend
+        pyro.set_rng_seed(run.seed)
+        order = BatchOrder(run.data.size, t.batch_size, run.seed, backend.rank, backend.size)
+        total = stack.total_steps
+        if self.writes:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        metrics = MetricsFile(self.run_dir / "metrics.jsonl" if self.writes else None)
+        display = ProgressDisplay(total, t.progress if backend.is_main else "none", self.console)
+        smoothed = SmoothedLoss(t.smoothing)
+        batches = iter(order)
+        epoch_losses: list[float] = []
+        window_start, window_samples, window_losses = time.perf_counter(), 0, []
+        start = time.perf_counter()
+        loss = float("nan")
+        try:
+            for step in range(1, total + 1):
+                epoch, index = next(batches)
+                batch = self._batch(index)
+                with poutine.trace(param_only=True) as capture:
+                    loss = run.elbo.loss_and_grads(run.model, run.guide, **batch)
+                params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+                if step == 1:
+                    self._first_step(params)
+                backend.average_gradients(params)
+                loss = backend.average(float(loss))
+                log_now = step % t.log_every == 0 or step == total
+                norms = stack.grad_norms(params) if log_now else None
+                stack(params)
+                for p in params:
+                    p.grad = None
+                smoothed.update(loss)
+                stack.step(smoothed.value)
+                epoch_losses.append(loss)
+                window_losses.append(loss)
+                window_samples += len(index) * backend.size
+                if step % order.steps_per_epoch == 0:
+                    stack.end_epoch(sum(epoch_losses) / len(epoch_losses))
+                    epoch_losses = []
+                if log_now:
+                    now = time.perf_counter()
+                    elapsed = max(now - window_start, 1e-9)
+                    lrs = stack.lrs()
+                    row = {
+                        "step": step,
+                        "epoch": epoch,
+                        "loss": sum(window_losses) / len(window_losses),
+                        "smoothed_loss": smoothed.value,
+                        **{f"lr/{k}": v for k, v in lrs.items()},
+                        **{f"grad_norm/{k}": v for k, v in norms.items()},
+                        "time": now - start,
+                        "steps_per_s": len(window_losses) / elapsed,
+                        "samples_per_s": window_samples / elapsed,
+                    }
+                    metrics.write(row)
+                    display.update(step, smoothed.value, lrs, row["steps_per_s"])
+                    window_start, window_samples, window_losses = now, 0, []
+        finally:
+            display.close()
+            metrics.close()
+        wall = time.perf_counter() - start
+        evaluation = self._evaluate()
+        summary = {
+            "final_loss": loss,
+            "smoothed_loss": smoothed.value,
+            "steps": total,
+            "epochs": math.ceil(total / order.steps_per_epoch),
+            "wall_time_s": wall,
+            "steps_per_s": total / wall,
+            "samples_per_s_per_rank": total * (t.batch_size or order.rows_per_rank) / wall,
+            "world_size": backend.size,
+            "groups": stack.describe(),
+            "lr": stack.lrs(),
+            "eval": evaluation,
+            "run_dir": str(self.run_dir) if self.run_dir else None,
+            "versions": _versions(),
+        }
+        if self.writes:
+            save_params(self.run_dir / "params.pt")
+            _write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+    def _first_step(self, params: set[torch.Tensor]) -> None:
+        """Parameters exist now: assign them to groups, check every group got some, sync ranks."""
+        stack = self.run.stack
+        stack.assign(params)
+        unused = stack.unused_groups()
+        if unused:
+            g = unused[0]
+            raise PyrotrainError(
+                f"group '{g.name}' matches no parameter (patterns {[p.text for p in g.patterns]})",
+                key=f"optim.groups.{g.name}.params",
+                value=[p.text for p in g.patterns],
+                hint=f"The parameters are: {', '.join(stack.param_names())}. "
+                "Fix the patterns, or set optional: true on the group",
+            )
+        self.run.backend.broadcast_parameters(params)
+
+    def _evaluate(self) -> dict[str, Any] | None:
+        run = self.run
+        evaluate = getattr(run.model, "evaluate", None)
+        if evaluate is None or not run.data.eval:
+            return None
+        pyro.set_rng_seed(run.seed)
+        return evaluate(run.guide, run.data.eval, num_samples=run.trainer.eval_num_samples)
+
+
+def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run one training job from a composed config; return its summary.
+
+    The Pyro param store is cleared first and holds the trained parameters afterwards. Outputs
+    (metrics.jsonl, params.pt, summary.json) are written to ``run_dir`` when it is given.
+    """
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(cfg)
+    pyro.clear_param_store()
+    run = build(cfg)
+    return Trainer(run, Path(run_dir) if run_dir is not None else None).fit()
