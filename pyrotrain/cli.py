@@ -26,6 +26,7 @@ from .errors import PyrotrainError
 from .trainer import train
 
 EXIT_USAGE = 2
+_show_traceback = False  # HYDRA_FULL_ERROR=1 as the user set it
 
 
 @hydra.main(version_base="1.3", config_path="pkg://pyrotrain.conf", config_name="config")
@@ -34,6 +35,8 @@ def _job(cfg: DictConfig) -> float:
     try:
         summary = train(cfg, run_dir)
     except PyrotrainError as exc:
+        if _show_traceback:
+            raise
         # Exit here: an exception would make Hydra print its own report before ours.
         _report(str(exc))
     console = Console()
@@ -60,7 +63,7 @@ def user_error_message(exc: BaseException) -> str | None:
         group, _, option = exc.missing_cfg_file.rpartition("/")
         if group and exc.options is not None:
             return PyrotrainError(
-                "no such option in the config group", key=group, value=option,
+                f"config group '{group}' has no option '{option}'", key=group, value=option,
                 choices=exc.options,
             ).message()
         return _one_paragraph(str(exc).split("Config search path")[0])
@@ -84,7 +87,11 @@ def _report(message: str) -> None:
 
 
 def main() -> None:
-    user_wants_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    # Users' own models and data (model.target=mymodule:Model) import from the working directory.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    global _show_traceback
+    user_wants_trace = _show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     # Hydra then re-raises instead of printing its own multi-paragraph report and exiting 1.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:

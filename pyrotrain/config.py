@@ -13,7 +13,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from .errors import PyrotrainError
 
@@ -73,7 +74,7 @@ def _coerce(value: Any, tp: Any, key: str, meta: dict) -> Any:
     args = typing.get_args(tp)
     if origin is Literal:
         if value not in args:
-            raise PyrotrainError(f"{key} must be {_type_name(tp)}", key=key, value=value,
+            raise PyrotrainError(f"not a valid choice ({meta['help']})", key=key, value=value,
                                  choices=args)
         return value
     if type(None) in args:
@@ -103,8 +104,7 @@ def parse_section(cls: type, node: Any, key: str) -> Any:
     """Check a config node against dataclass ``cls``; unknown keys and bad values raise."""
     if node is None:
         node = {}
-    if isinstance(node, DictConfig):
-        node = OmegaConf.to_container(node, resolve=True)
+    node = to_plain(node, key)
     if not isinstance(node, dict):
         raise PyrotrainError(f"{key} must be a mapping", key=key, value=node)
     hints = typing.get_type_hints(cls)
@@ -121,10 +121,23 @@ def parse_section(cls: type, node: Any, key: str) -> Any:
     return cls(**values)
 
 
+def to_plain(node: Any, key: str) -> Any:
+    """Resolve a config node to plain Python, naming the key of any value left as ``???``."""
+    if not isinstance(node, (DictConfig, ListConfig)):
+        return node
+    try:
+        return OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as e:
+        full_key = f"{key}.{e.key}" if e.key is not None else key
+        raise PyrotrainError(
+            "this setting is required and has no value", key=full_key,
+            hint=f"Set it on the command line, e.g. {full_key}=...",
+        ) from e
+
+
 def named_section(node: Any, key: str) -> tuple[str, dict]:
     """Split a ``{name: X, ...kwargs}`` section into the name and the remaining arguments."""
-    if isinstance(node, DictConfig):
-        node = OmegaConf.to_container(node, resolve=True)
+    node = to_plain(node, key)
     if isinstance(node, str):
         return node, {}
     if not isinstance(node, dict) or "name" not in node:

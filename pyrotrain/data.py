@@ -7,10 +7,13 @@ positions in the training set) and ``size`` (the number of training rows) for pl
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import PyrotrainError
@@ -66,16 +69,22 @@ def _standardize(x: torch.Tensor) -> torch.Tensor:
     return (x - x.mean(0)) / x.std(0).clamp_min(1e-12)
 
 
+def _sklearn_data(name: str) -> Path:
+    """A data file bundled with scikit-learn, found without importing scikit-learn (slow)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or spec.origin is None:
+        raise PyrotrainError("this dataset needs scikit-learn: pip install scikit-learn")
+    return Path(spec.origin).parent / "datasets" / "data" / name
+
+
 def load_diabetes(eval_fraction: float = 0.2, standardize: bool = True, seed: int = 0) -> Dataset:
     """scikit-learn's bundled diabetes data: 442 patients, 10 features, disease progression."""
-    from sklearn.datasets import load_diabetes as sk_load
-
-    bunch = sk_load()
-    x = torch.as_tensor(bunch.data, dtype=torch.float64)
-    y = torch.as_tensor(bunch.target, dtype=torch.float64)
+    x = torch.as_tensor(np.loadtxt(_sklearn_data("diabetes_data_raw.csv.gz")))
+    y = torch.as_tensor(np.loadtxt(_sklearn_data("diabetes_target.csv.gz")))
     if standardize:
         x, y = _standardize(x), _standardize(y)
-    info = {"source": "scikit-learn diabetes (Efron et al. 2004)", "features": bunch.feature_names}
+    features = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
+    info = {"source": "scikit-learn diabetes (Efron et al. 2004)", "features": features}
     return split({"x": x, "y": y}, eval_fraction, seed, info)
 
 

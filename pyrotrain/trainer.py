@@ -91,7 +91,10 @@ def _accepted_kwargs(fn: Callable) -> frozenset[str] | None:
 
 def _build_model(node: Any, data: Dataset) -> Callable:
     name, kwargs = named_section(node, "model")
-    target = MODELS.get(name, "model.name")
+    if name == "custom":
+        target = import_object(kwargs.pop("target", None) or "", "model.target")
+    else:
+        target = MODELS.get(name, "model.name")
     if inspect.isclass(target):
         return call_with_kwargs(target, kwargs, "model", data)
     if kwargs:

@@ -108,13 +108,21 @@ mkdir -p "$WHEEL_CACHE" "$LOG_DIR"
 LOG=$LOG_DIR/horovod-$HVD_VERSION-$(date +%Y%m%d-%H%M%S)-$$.log
 : >"$LOG"
 # keep the 10 newest logs
+# shellcheck disable=SC2012  # our own log names, no odd characters
 { ls -1t "$LOG_DIR"/horovod-*.log 2>/dev/null | tail -n +11 | while read -r old; do rm -f -- "$old"; done; } || true
 
 fail() {
     printf '[install_horovod] ERROR: %s\n' "$1" >&2
     if [[ -s "$LOG" ]]; then
-        printf '[install_horovod] last lines of %s:\n' "$LOG" >&2
-        tail -n 25 "$LOG" | sed 's/^/    /' >&2
+        local errs
+        errs=$(grep -m 3 -A 4 -E 'CMake Error|: error:|fatal error:|^ERROR:' "$LOG" || true)
+        if [[ -n "$errs" ]]; then
+            printf '[install_horovod] first errors in the log:\n' >&2
+            printf '%s\n' "$errs" | head -n 30 | sed 's/^/    /' >&2
+        else
+            printf '[install_horovod] last lines of the log:\n' >&2
+            tail -n 25 "$LOG" | sed 's/^/    /' >&2
+        fi
     fi
     printf '[install_horovod] full log: %s\n' "$LOG" >&2
     exit 1
@@ -242,8 +250,9 @@ else
 
     # System prerequisites (not installed by us).
     CXX_BIN=${CXX:-$(command -v c++ || command -v g++ || true)}
-    [[ -n "$CXX_BIN" ]] && command -v "${CXX_BIN%% *}" >/dev/null 2>&1 \
-        || die "no C++ compiler found; install the Debian package 'build-essential' (or 'g++')"
+    if [[ -z "$CXX_BIN" ]] || ! command -v "${CXX_BIN%% *}" >/dev/null 2>&1; then
+        die "no C++ compiler found; install the Debian package 'build-essential' (or 'g++')"
+    fi
     command -v make >/dev/null 2>&1 || die "'make' not found; install the Debian package 'build-essential' (or 'make')"
     [[ -f "$PY_INCLUDE/Python.h" ]] \
         || die "Python headers missing ($PY_INCLUDE/Python.h); install the Debian package 'python3-dev' matching $PYTHON"
@@ -312,6 +321,7 @@ else
 
     # Store atomically under the cache key.
     mkdir -p "$KEY_DIR"
+    # shellcheck disable=SC2086  # glob on purpose
     rm -f -- "$KEY_DIR"/$WHEEL_GLOB
     cp -- "$built" "$KEY_DIR/.$(basename "$built").tmp"
     mv -f -- "$KEY_DIR/.$(basename "$built").tmp" "$KEY_DIR/$(basename "$built")"
@@ -339,7 +349,7 @@ HVDRUN=$SCRIPTS_DIR/horovodrun
 check_out=$("$HVDRUN" --check-build 2>&1) || { printf '%s\n' "$check_out" >>"$LOG"; fail "horovodrun --check-build failed"; }
 printf '%s\n' "$check_out" | sed '/^[[:space:]]*$/d; s/^/[install_horovod]   /'
 for what in "${REQUIRED_CHECKS[@]}"; do
-    grep -qE "\[X\][[:space:]]+$what[[:space:]]*\$" <<<"$check_out" \
+    grep -qE "\[X\][[:space:]]+${what}[[:space:]]*\$" <<<"$check_out" \
         || fail "horovodrun --check-build does not report $what as available (see above)"
 done
 log "OK: horovod $HVD_VERSION with PyTorch+Gloo installed for torch $TORCH_VERSION in $((SECONDS - START))s"

@@ -16,9 +16,9 @@ from typing import Any
 
 import pyro
 import torch
-from omegaconf import DictConfig, OmegaConf
 from pyro.optim import PyroOptim
 
+from ..config import to_plain
 from ..errors import PyrotrainError
 from ..registry import OPTIMIZERS, call_with_kwargs
 from .schedulers import SchedulerSpec, build_scheduler, step_scheduler
@@ -96,10 +96,8 @@ def _positive_number(value: Any, key: str) -> float:
 
 def parse_groups(node: Any, default_scheduler: Any = None) -> tuple[list[GroupSpec], list[DCTMark]]:
     """Parse the ``optim`` config section (and the top-level ``scheduler`` default)."""
-    if isinstance(node, DictConfig):
-        node = OmegaConf.to_container(node, resolve=True)
-    if isinstance(default_scheduler, DictConfig):
-        default_scheduler = OmegaConf.to_container(default_scheduler, resolve=True)
+    node = to_plain(node, "optim")
+    default_scheduler = to_plain(default_scheduler, "scheduler")
     if not isinstance(node, Mapping):
         raise PyrotrainError("optim must be a mapping with 'groups'", key="optim", value=node)
     for k in node:

@@ -1,0 +1,107 @@
+"""The ``pyrotrain`` command as a subprocess: outputs on disk, determinism, help, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pyro
+import pytest
+import torch
+
+
+def _rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_writes_outputs_and_loss_falls(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    r = cli("trainer.steps=100", f"hydra.run.dir={run_dir}")
+    assert r.returncode == 0, r.stderr
+    assert "final loss" in r.stdout and str(run_dir) in r.stdout
+    # Not a terminal: plain progress lines rather than a bar.
+    assert "step 100/100" in r.stdout
+    for name in ("metrics.jsonl", "params.pt", "summary.json", ".hydra/config.yaml"):
+        assert (run_dir / name).exists(), name
+
+    rows = _rows(run_dir)
+    assert [row["step"] for row in rows] == list(range(10, 101, 10))
+    for key in ("loss", "lr/all", "grad_norm/all", "time", "samples_per_s", "smoothed_loss"):
+        assert key in rows[0], key
+    assert rows[-1]["loss"] < 0.85 * rows[0]["loss"]
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 100 and summary["world_size"] == 1
+    assert summary["final_loss"] == pytest.approx(summary["final_loss"])  # finite
+    assert set(summary["versions"]) >= {"pyrotrain", "pyro", "torch"}
+    assert summary["eval"]["rmse"] > 0
+
+    store = pyro.get_param_store()
+    store.load(run_dir / "params.pt")
+    assert "AutoNormal.locs.weight" in store.keys()
+
+
+def test_same_seed_gives_bitwise_identical_params(cli, tmp_path):
+    outs = []
+    for name in ("a", "b"):
+        r = cli("trainer.steps=30", "seed=3", f"hydra.run.dir={tmp_path / name}")
+        assert r.returncode == 0, r.stderr
+        outs.append(tmp_path / name / "params.pt")
+    a, b = (torch.load(p, weights_only=False)["params"] for p in outs)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+    r = cli("trainer.steps=30", "seed=4", f"hydra.run.dir={tmp_path / 'c'}")
+    c = torch.load(tmp_path / "c" / "params.pt", weights_only=False)["params"]
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_help_lists_groups_and_cfg_prints_config(cli):
+    r = cli("--help")
+    assert r.returncode == 0
+    for line in ("optim: adagrad_rmsprop, adam, clipped_adam, dct_adam, multi, sgd",
+                 "scheduler: cosine, exponential, none, plateau, step, warmup_cosine",
+                 "guide: auto_delta"):
+        assert line in r.stdout
+    r = cli("--cfg", "job", "optim=dct_adam")
+    assert r.returncode == 0
+    assert "name: dct_adam" in r.stdout and "plate: time" in r.stdout
+
+
+BAD_INPUTS = [
+    (["trainer.steps=abc"], ["trainer.steps", "'abc'", "integer"]),
+    (["model=nope"], ["'model'", "'nope'", "Valid choices: custom, regression"]),
+    (["trainer.device=tpu"], ["trainer.device", "'tpu'", "Valid choices: cpu, cuda, auto"]),
+    (["trainer.steps=0"], ["trainer.steps", "at least 1"]),
+    (["optim.lr=-1"], ["optim.groups.all.optimizer.lr", "-1", "positive"]),
+    (["optim.lr=fast"], ["optim.groups.all.optimizer.lr", "'fast'", "positive number"]),
+    (["optim.groups.all.optimizer.name=adamz"],
+     ["optim.groups.all.optimizer.name", "'adamz'", "Valid choices: adagrad_rmsprop"]),
+    (["+optim.groups.all.optimizer.bogus=1"],
+     ["optim.groups.all.optimizer.bogus", "Valid choices: lr, betas"]),
+    (["scheduler=cosinus"], ["'scheduler'", "'cosinus'", "warmup_cosine"]),
+    (["trainer.batch_size=100000"], ["trainer.batch_size", "100000", "354 rows"]),
+    (["optim.groups.all.params=[nothing]"], ["AutoNormal.locs.bias", "matches no group"]),
+    (["trainer.nonsense=1"], ["trainer.nonsense", "+"]),
+    (["trainer.steps=[1"], ["trainer.steps=[1", "parse"]),
+    (["model=custom"], ["model.target", "required"]),
+    (["model=custom", "model.target=no_such_module:Model"], ["model.target", "no_such_module"]),
+]
+
+
+@pytest.mark.parametrize("args,expected", BAD_INPUTS, ids=[a[0][-1] for a in BAD_INPUTS])
+def test_bad_input_exits_2_with_one_paragraph(cli, tmp_path, args, expected):
+    r = cli(*args, "trainer.progress=none", f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr + r.stdout
+    message = r.stderr.strip()
+    assert message.startswith("error:")
+    assert "\n\n" not in message
+    for text in expected:
+        assert text in message, (text, message)
+    assert not (tmp_path / "run" / "params.pt").exists()
+
+
+def test_full_error_env_shows_traceback(cli):
+    r = cli("trainer.device=tpu", env={"HYDRA_FULL_ERROR": "1"})
+    assert r.returncode != 0
+    assert "Traceback" in r.stderr and "PyrotrainError" in r.stderr

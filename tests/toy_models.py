@@ -1,0 +1,75 @@
+"""Small models for tests: each exercises one thing the optimizer stack must handle."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+
+def local_latent_model(x, y=None, index=None, size=None):
+    """Regression with a per-row local latent in a subsampled plate (``_pyro_subsample``)."""
+    n = x.shape[0] if size is None else size
+    w = pyro.sample("w", dist.Normal(torch.zeros(x.shape[-1]), 1.0).to_event(1))
+    sigma = pyro.sample("sigma", dist.LogNormal(0.0, 1.0))
+    with pyro.plate("data", n, subsample=index):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("obs", dist.Normal(x @ w + z, sigma), obs=y)
+
+
+def series_model(y, duration=None):
+    """A random walk along a ``time`` plate: its guide's locs/scales are time series (DCT)."""
+    T = y.shape[-1]
+    level_scale = pyro.sample("level_scale", dist.LogNormal(-2.0, 1.0))
+    obs_scale = pyro.sample("obs_scale", dist.LogNormal(-1.0, 1.0))
+    with pyro.plate("time", T, dim=-1):
+        step = pyro.sample("step", dist.Normal(0.0, level_scale))
+    level = step.cumsum(-1)
+    with pyro.plate("time_obs", T, dim=-1):
+        pyro.sample("obs", dist.Normal(level, obs_scale), obs=y)
+
+
+def make_series(T: int = 37, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (0.3 * torch.randn(T, generator=g, dtype=torch.float64)).cumsum(0).to(dtype)
+
+
+class NetRegression:
+    """A network's weights (``net$$$...``) beside Bayesian latents: three kinds of params."""
+
+    def __init__(self, data, hidden: int = 8):
+        self.net = nn.Sequential(nn.Linear(data.train["x"].shape[-1], hidden), nn.Tanh(),
+                                 nn.Linear(hidden, 1))
+
+    def __call__(self, x, y=None, index=None, size=None):
+        n = x.shape[0] if size is None else size
+        pyro.module("net", self.net)
+        bias = pyro.sample("bias", dist.Normal(0.0, 1.0))
+        sigma = pyro.sample("sigma", dist.LogNormal(0.0, 1.0))
+        with pyro.plate("data", n, subsample=index):
+            pyro.sample("obs", dist.Normal(self.net(x).squeeze(-1) + bias, sigma), obs=y)
+
+
+class LateParam:
+    """Creates a second parameter only after ``start`` calls: lazily created params must work."""
+
+    def __init__(self, data, start: int = 5):
+        self.calls = 0
+        self.start = start
+
+    def __call__(self, x, y=None, index=None, size=None):
+        self.calls += 1
+        a = pyro.param("a", torch.zeros(()))
+        mean = a + (pyro.param("b", torch.zeros(())) if self.calls > self.start else 0.0)
+        with pyro.plate("data", x.shape[0] if size is None else size, subsample=index):
+            pyro.sample("obs", dist.Normal(mean, 1.0), obs=y)
+
+
+def empty_guide(*args, **kwargs):
+    pass
+
+
+def make_empty_guide(model):
+    """A guide factory (guide.name=toy_models:make_empty_guide) for models with no latents."""
+    return empty_guide
