@@ -38,7 +38,8 @@ class Regression:
         if self.kind == "linear":
             sigma = pyro.sample("sigma", dist.HalfNormal(zero + 1))
         with pyro.plate("data", n, subsample=index):
-            mean = x @ weight + bias
+            # Broadcasts over vectorized particles, whose weight has shape (particles, 1, features).
+            mean = (x * weight).sum(-1) + bias
             if self.kind == "linear":
                 return pyro.sample("obs", dist.Normal(mean, sigma), obs=y)
             return pyro.sample("obs", dist.Bernoulli(logits=mean), obs=y)

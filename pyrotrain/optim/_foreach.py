@@ -453,6 +453,7 @@ def adam_moments(
     weight_decay: float = 0.0,
     centered_variance: bool = False,
     transform: Callable[[list[Tensor]], list[Tensor]] | None = None,
+    flat_grad: Tensor | None = None,
 ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
     """Pyro's Adam moment updates for a bucket (all params or the ``sel`` subset).
 
@@ -466,7 +467,9 @@ def adam_moments(
         exp_avg_sq.mul_(beta2).addcmul_(grad_var, grad_var, value=1 - beta2)
         denom = exp_avg_sq.sqrt().add_(eps)
 
-    Returns ``(params, exp_avg views, denom views)`` of the updated params.
+    ``flat_grad`` (all params only) is the already clipped and transformed gradient
+    laid out like the flat state buffers. Returns ``(params, exp_avg views, denom
+    views)`` of the updated params; the denominators of a full update are in ``b.d``.
     """
     beta1, beta2 = group["betas"]
     eps = group["eps"]
@@ -480,7 +483,9 @@ def adam_moments(
         v_views = [b.views["exp_avg_sq"][j] for j in sel]
     M, V = b.flat["exp_avg"], b.flat["exp_avg_sq"]
 
-    if full and b.gather and transform is None:
+    if full and flat_grad is not None:
+        g_list, m_list, v_list = [flat_grad], [M], [V]
+    elif full and b.gather and transform is None:
         G = b.gather_(grads)
         if clip_norm is not None and needs_clamp(G, clip_norm):
             G.clamp_(-clip_norm, clip_norm)
