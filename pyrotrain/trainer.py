@@ -107,6 +107,14 @@ def _build_model(node: Any, data: Dataset) -> Callable:
 
 def _build_guide(node: Any, model: Callable) -> Callable:
     name, kwargs = named_section(node, "guide")
+    if name == "model":
+        guide = getattr(model, "guide", None)
+        if guide is None:
+            raise PyrotrainError("this model defines no guide of its own", key="guide",
+                                 value=name, choices=GUIDES.names())
+        if kwargs:
+            raise PyrotrainError("guide=model takes no settings", key="guide", value=kwargs)
+        return guide
     factory = GUIDES.get(name, "guide.name")
     init = kwargs.get("init_loc_fn")
     if isinstance(init, str):
@@ -328,7 +336,8 @@ class Trainer:
         if evaluate is None or not run.data.eval:
             return None
         pyro.set_rng_seed(run.seed)
-        return evaluate(run.guide, run.data.eval, num_samples=run.trainer.eval_num_samples)
+        with torch.no_grad():
+            return evaluate(run.guide, run.data, num_samples=run.trainer.eval_num_samples)
 
 
 def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str, Any]:

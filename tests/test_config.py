@@ -19,6 +19,7 @@ OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml")
 # Options that need more than their own file to run.
 EXTRA = {
     ("model", "custom"): ["model.target=toy_models:NetRegression", "+model.hidden=4"],
+    ("guide", "model"): ["model=custom", "model.target=toy_models:NetRegression"],
 }
 
 

@@ -50,6 +50,12 @@ class NetRegression:
         with pyro.plate("data", n, subsample=index):
             pyro.sample("obs", dist.Normal(self.net(x).squeeze(-1) + bias, sigma), obs=y)
 
+    def guide(self, x, y=None, index=None, size=None):
+        """Its own guide (guide=model): point masses for the two latents."""
+        pyro.sample("bias", dist.Delta(pyro.param("bias_map", torch.zeros(()))))
+        sigma = pyro.param("sigma_map", torch.ones(()), constraint=dist.constraints.positive)
+        pyro.sample("sigma", dist.Delta(sigma))
+
 
 class LateParam:
     """Creates a second parameter only after ``start`` calls: lazily created params must work."""
