@@ -105,3 +105,41 @@ def test_full_error_env_shows_traceback(cli):
     r = cli("trainer.device=tpu", env={"HYDRA_FULL_ERROR": "1"})
     assert r.returncode != 0
     assert "Traceback" in r.stderr and "PyrotrainError" in r.stderr
+
+
+def test_multi_stack_logs_each_groups_lr_and_grad_norm(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    r = cli("optim=multi", "model=custom", "model.target=toy_models:NetRegression",
+            "data=synthetic_regression", "data.size=500", "trainer.steps=20",
+            f"hydra.run.dir={run_dir}")
+    assert r.returncode == 0, r.stderr
+    row = _rows(run_dir)[-1]
+    assert row["lr/locs"] == 0.01 and row["lr/scales"] == 0.001 and row["lr/weights"] == 0.001
+    assert {"grad_norm/locs", "grad_norm/scales", "grad_norm/weights"} <= set(row)
+    groups = json.loads((run_dir / "summary.json").read_text())["groups"]
+    assert groups["weights"]["params"] == 4 and groups["locs"]["optimizer"] == "adam"
+    assert groups["scales"]["optimizer"] == "sgd"
+
+
+def test_scheduler_from_cli_changes_lr(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    r = cli("scheduler=cosine", "trainer.steps=40", f"hydra.run.dir={run_dir}")
+    assert r.returncode == 0, r.stderr
+    lrs = [row["lr/all"] for row in _rows(run_dir)]
+    assert lrs[0] < 0.01 and lrs[-1] == pytest.approx(0.0, abs=1e-9)
+    assert lrs == sorted(lrs, reverse=True)
+
+
+def test_list_command_shows_registries():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("pyrotrain-list")
+    r = subprocess.run([str(exe)], capture_output=True, text=True, env={"COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr
+    for name in ("adagrad_rmsprop", "dct_adam", "cosine_warm_restarts", "warmup", "regression",
+                 "auto_normal", "trace_meanfield", "diabetes"):
+        assert name in r.stdout
+    r = subprocess.run([str(exe), "bogus"], capture_output=True, text=True)
+    assert r.returncode == 2 and "optimizers" in r.stderr

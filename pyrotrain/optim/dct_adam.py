@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import torch
-from pyro.ops.tensor_utils import dct, idct, next_fast_len
+from pyro.ops.tensor_utils import as_complex, next_fast_len
 from torch import Tensor
+from torch.fft import irfft, rfft
 from torch.nn.functional import pad
 
 from ._foreach import (
@@ -18,6 +20,53 @@ from ._foreach import (
     clamp_,
     per_step_values,
 )
+
+
+# --------------------------------------------------------------------------- DCT
+# pyro.ops.tensor_utils.dct/idct, operation for operation, except that the constant
+# coefficient and scale tensors (which Pyro recomputes on every call) are cached.
+@functools.lru_cache(maxsize=64)
+def _dct_constants(N: int, dtype: torch.dtype, device: torch.device):
+    coef_real = torch.cos(torch.linspace(0, 0.5 * math.pi, N + 1, dtype=dtype, device=device))
+    M = N // 2 + 1  # == rfft(y, n=N).size(-1)
+    dct_coef = as_complex(torch.stack([coef_real[:M], -coef_real[-M:].flip(-1)], dim=-1))
+    idct_coef = as_complex(torch.stack([coef_real[:M], coef_real[-M:].flip(-1)], dim=-1))
+    one = torch.ones((), dtype=dtype, device=device)
+    scale = torch.cat([one.new_tensor([math.sqrt(N)]), one.new_full((N - 1,), math.sqrt(0.5 * N))])
+    return M, dct_coef, idct_coef, scale
+
+
+def dct(x: Tensor, dim: int = -1) -> Tensor:
+    """:func:`pyro.ops.tensor_utils.dct` (orthonormal DCT-II) with cached constants."""
+    if dim >= 0:
+        dim -= x.dim()
+    if dim != -1:
+        y = x.reshape(x.shape[: dim + 1] + (-1,)).transpose(-1, -2)
+        return dct(y).transpose(-1, -2).reshape(x.shape)
+    N = x.size(-1)
+    M, coef, _, scale = _dct_constants(N, x.dtype, x.device)
+    y = torch.cat([x[..., ::2], x[..., 1::2].flip(-1)], dim=-1)
+    Y = rfft(y, n=N)
+    X = coef * Y
+    X = torch.cat([X.real, -X.imag[..., 1 : (N - M + 1)].flip(-1)], dim=-1)
+    return X / scale
+
+
+def idct(x: Tensor, dim: int = -1) -> Tensor:
+    """:func:`pyro.ops.tensor_utils.idct` (inverse of :func:`dct`) with cached constants."""
+    if dim >= 0:
+        dim -= x.dim()
+    if dim != -1:
+        y = x.reshape(x.shape[: dim + 1] + (-1,)).transpose(-1, -2)
+        return idct(y).transpose(-1, -2).reshape(x.shape)
+    N = x.size(-1)
+    M, _, coef, scale = _dct_constants(N, x.dtype, x.device)
+    x = x * scale
+    xi = torch.nn.functional.pad(-x[..., N - M + 1 :], (0, 1)).flip(-1)
+    X = torch.stack([x[..., :M], xi], dim=-1)
+    Y = coef * as_complex(X)
+    y = irfft(Y, n=N)
+    return torch.stack([y, y.flip(-1)], axis=-1).reshape(x.shape[:-1] + (-1,))[..., :N]
 
 
 # --------------------------------------------------------------------------- Pyro's helpers
