@@ -21,8 +21,12 @@ class Regression:
         if kind not in ("linear", "logistic"):
             from pyrotrain.errors import PyrotrainError
 
-            raise PyrotrainError("unknown regression kind", key="model.kind", value=kind,
-                                 choices=["linear", "logistic"])
+            raise PyrotrainError(
+                "unknown regression kind",
+                key="model.kind",
+                value=kind,
+                choices=["linear", "logistic"],
+            )
         self.kind = kind
         self.prior_scale = prior_scale
         self.features = data.train["x"].shape[-1]

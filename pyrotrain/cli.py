@@ -45,8 +45,13 @@ def _job(cfg: DictConfig) -> float:
         f"after {summary['steps']} steps, {summary['steps_per_s']:.1f} steps/s"
     )
     if summary.get("eval"):
-        console.print("eval " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                         for k, v in summary["eval"].items()))
+        console.print(
+            "eval "
+            + "  ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in summary["eval"].items()
+            )
+        )
     console.print(f"run dir: {run_dir}")
     return summary["smoothed_loss"]
 
@@ -63,7 +68,9 @@ def user_error_message(exc: BaseException) -> str | None:
         group, _, option = exc.missing_cfg_file.rpartition("/")
         if group and exc.options is not None:
             return PyrotrainError(
-                f"config group '{group}' has no option '{option}'", key=group, value=option,
+                f"config group '{group}' has no option '{option}'",
+                key=group,
+                value=option,
                 choices=exc.options,
             ).message()
         return _one_paragraph(str(exc).split("Config search path")[0])

@@ -25,9 +25,7 @@ def _meta(help: str, *, minimum: float | None = None, exclusive: bool = False) -
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    steps: int | None = field(
-        default=1000, metadata=_meta("number of optimizer steps", minimum=1)
-    )
+    steps: int | None = field(default=1000, metadata=_meta("number of optimizer steps", minimum=1))
     epochs: int | None = field(
         default=None,
         metadata=_meta("number of passes over the data; when set, overrides steps", minimum=1),
@@ -50,7 +48,9 @@ class TrainerConfig:
     )
     smoothing: float = field(
         default=0.9,
-        metadata=_meta("weight of the past in the exponentially smoothed loss (0 to <1)", minimum=0),
+        metadata=_meta(
+            "weight of the past in the exponentially smoothed loss (0 to <1)", minimum=0
+        ),
     )
     eval_num_samples: int = field(
         default=100, metadata=_meta("posterior samples drawn for the evaluation", minimum=1)
@@ -74,8 +74,9 @@ def _coerce(value: Any, tp: Any, key: str, meta: dict) -> Any:
     args = typing.get_args(tp)
     if origin is Literal:
         if value not in args:
-            raise PyrotrainError(f"not a valid choice ({meta['help']})", key=key, value=value,
-                                 choices=args)
+            raise PyrotrainError(
+                f"not a valid choice ({meta['help']})", key=key, value=value, choices=args
+            )
         return value
     if type(None) in args:
         if value is None:
@@ -89,8 +90,9 @@ def _coerce(value: Any, tp: Any, key: str, meta: dict) -> Any:
         or (tp is str and isinstance(value, str))
     )
     if not ok:
-        raise PyrotrainError(f"{key} must be {_type_name(tp)} ({meta['help']})", key=key,
-                             value=value)
+        raise PyrotrainError(
+            f"{key} must be {_type_name(tp)} ({meta['help']})", key=key, value=value
+        )
     if tp is float:
         value = float(value)
     minimum = meta.get("minimum")
@@ -111,8 +113,12 @@ def parse_section(cls: type, node: Any, key: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for name in node:
         if name not in fields:
-            raise PyrotrainError(f"'{name}' is not a {key} setting", key=f"{key}.{name}",
-                                 value=node[name], choices=list(fields))
+            raise PyrotrainError(
+                f"'{name}' is not a {key} setting",
+                key=f"{key}.{name}",
+                value=node[name],
+                choices=list(fields),
+            )
     values = {
         name: _coerce(node[name], hints[name], f"{key}.{name}", dict(f.metadata))
         for name, f in fields.items()
@@ -130,7 +136,8 @@ def to_plain(node: Any, key: str) -> Any:
     except MissingMandatoryValue as e:
         full_key = f"{key}.{e.key}" if e.key is not None else key
         raise PyrotrainError(
-            "this setting is required and has no value", key=full_key,
+            "this setting is required and has no value",
+            key=full_key,
             hint=f"Set it on the command line, e.g. {full_key}=...",
         ) from e
 

@@ -45,13 +45,12 @@ class Dataset:
         )
 
 
-def split(
-    tensors: dict[str, torch.Tensor], eval_fraction: float, seed: int, info: dict
-) -> Dataset:
+def split(tensors: dict[str, torch.Tensor], eval_fraction: float, seed: int, info: dict) -> Dataset:
     """Shuffle rows with ``seed`` and hold out ``eval_fraction`` of them for evaluation."""
     if not 0 <= eval_fraction < 1:
         raise PyrotrainError(
-            "the evaluation fraction must be in [0, 1)", key="data.eval_fraction",
+            "the evaluation fraction must be in [0, 1)",
+            key="data.eval_fraction",
             value=eval_fraction,
         )
     n = next(iter(tensors.values())).shape[0]
@@ -100,7 +99,8 @@ def make_regression(
     if size < 2 or features < 1:
         raise PyrotrainError(
             "data.size must be at least 2 and data.features at least 1",
-            key="data", value={"size": size, "features": features},
+            key="data",
+            value={"size": size, "features": features},
         )
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(size, features, generator=g, dtype=torch.float64)
@@ -122,8 +122,9 @@ class BatchOrder:
     ``batch_size=None`` every step sees all rows in their original order.
     """
 
-    def __init__(self, n_rows: int, batch_size: int | None, seed: int, rank: int = 0,
-                 world_size: int = 1):
+    def __init__(
+        self, n_rows: int, batch_size: int | None, seed: int, rank: int = 0, world_size: int = 1
+    ):
         self.n_rows = n_rows
         self.batch_size = batch_size
         self.seed = seed

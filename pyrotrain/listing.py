@@ -25,8 +25,12 @@ def main(argv: list[str] | None = None) -> None:
         description="List what pyrotrain's config can name. Any of these keys also takes an "
         "import path 'package.module:Name'.",
     )
-    parser.add_argument("kinds", nargs="*", metavar="KIND",
-                        help=f"one or more of: {', '.join(REGISTRIES)} (default: all)")
+    parser.add_argument(
+        "kinds",
+        nargs="*",
+        metavar="KIND",
+        help=f"one or more of: {', '.join(REGISTRIES)} (default: all)",
+    )
     args = parser.parse_args(argv)
     for kind in args.kinds:
         if kind not in REGISTRIES:

@@ -98,7 +98,10 @@ class ProgressDisplay:
     def update(self, step: int, smoothed: float, lrs: dict[str, float], steps_per_s: float) -> None:
         if self.mode == "bar" and self._bar is not None:
             self._bar.update(
-                self._task, completed=step, loss=f"{smoothed:.4g}", lr=_fmt_lrs(lrs),
+                self._task,
+                completed=step,
+                loss=f"{smoothed:.4g}",
+                lr=_fmt_lrs(lrs),
                 speed=f"{steps_per_s:.1f}",
             )
         elif self.mode == "plain":

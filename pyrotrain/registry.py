@@ -115,9 +115,7 @@ def check_kwargs(fn: Callable, kwargs: Mapping[str, Any], key: str, n_positional
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return
     accepted = [
-        p.name
-        for p in params[n_positional:]
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        p.name for p in params[n_positional:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     ]
     for name in kwargs:
         if name not in accepted:

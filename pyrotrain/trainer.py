@@ -34,7 +34,15 @@ from .optim.stack import OptimizerStack, parse_groups
 from .registry import DATASETS, ELBOS, GUIDES, MODELS, call_with_kwargs, import_object
 
 TOP_LEVEL_KEYS = (
-    "model", "data", "guide", "elbo", "optim", "scheduler", "distributed", "trainer", "seed",
+    "model",
+    "data",
+    "guide",
+    "elbo",
+    "optim",
+    "scheduler",
+    "distributed",
+    "trainer",
+    "seed",
 )
 
 
@@ -74,8 +82,12 @@ def _resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise PyrotrainError("CUDA is not available on this machine", key="trainer.device",
-                             value=name, choices=["cpu", "auto"])
+        raise PyrotrainError(
+            "CUDA is not available on this machine",
+            key="trainer.device",
+            value=name,
+            choices=["cpu", "auto"],
+        )
     return torch.device(name)
 
 
@@ -100,7 +112,8 @@ def _build_model(node: Any, data: Dataset) -> Callable:
     if kwargs:
         raise PyrotrainError(
             "this model is a function, so it takes no model settings",
-            key="model", value=kwargs,
+            key="model",
+            value=kwargs,
         )
     return target
 
@@ -110,8 +123,12 @@ def _build_guide(node: Any, model: Callable) -> Callable:
     if name == "model":
         guide = getattr(model, "guide", None)
         if guide is None:
-            raise PyrotrainError("this model defines no guide of its own", key="guide",
-                                 value=name, choices=GUIDES.names())
+            raise PyrotrainError(
+                "this model defines no guide of its own",
+                key="guide",
+                value=name,
+                choices=GUIDES.names(),
+            )
         if kwargs:
             raise PyrotrainError("guide=model takes no settings", key="guide", value=kwargs)
         return guide
@@ -136,8 +153,12 @@ def build(cfg: DictConfig) -> Run:
     """Validate ``cfg`` and build every part of the run. Raises PyrotrainError on bad input."""
     for key in cfg:
         if key not in TOP_LEVEL_KEYS:
-            raise PyrotrainError(f"'{key}' is not a pyrotrain setting", key=str(key),
-                                 value=cfg[key], choices=TOP_LEVEL_KEYS)
+            raise PyrotrainError(
+                f"'{key}' is not a pyrotrain setting",
+                key=str(key),
+                value=cfg[key],
+                choices=TOP_LEVEL_KEYS,
+            )
     trainer = parse_section(TrainerConfig, cfg.get("trainer"), "trainer")
     seed = cfg.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -168,13 +189,21 @@ def build(cfg: DictConfig) -> Run:
         trainer.epochs * order.steps_per_epoch if trainer.epochs is not None else trainer.steps
     )
     if total_steps is None:
-        raise PyrotrainError("set trainer.steps or trainer.epochs", key="trainer.steps",
-                             value=None)
+        raise PyrotrainError("set trainer.steps or trainer.epochs", key="trainer.steps", value=None)
     total_epochs = trainer.epochs or math.ceil(total_steps / order.steps_per_epoch)
     stack = OptimizerStack(specs, marks, total_steps=total_steps, total_epochs=total_epochs)
     return Run(
-        cfg=cfg, trainer=trainer, seed=seed, data=data, model=model, guide=guide, elbo=elbo,
-        stack=stack, backend=backend, device=device, dtype=dtype,
+        cfg=cfg,
+        trainer=trainer,
+        seed=seed,
+        data=data,
+        model=model,
+        guide=guide,
+        elbo=elbo,
+        stack=stack,
+        backend=backend,
+        device=device,
+        dtype=dtype,
         model_kwargs=_accepted_kwargs(model),
     )
 

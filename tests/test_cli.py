@@ -58,9 +58,11 @@ def test_same_seed_gives_bitwise_identical_params(cli, tmp_path):
 def test_help_lists_groups_and_cfg_prints_config(cli):
     r = cli("--help")
     assert r.returncode == 0
-    for line in ("optim: adagrad_rmsprop, adam, clipped_adam, dct_adam, multi, sgd",
-                 "scheduler: cosine, exponential, none, plateau, step, warmup_cosine",
-                 "guide: auto_delta"):
+    for line in (
+        "optim: adagrad_rmsprop, adam, clipped_adam, dct_adam, multi, sgd",
+        "scheduler: cosine, exponential, none, plateau, step, warmup_cosine",
+        "guide: auto_delta",
+    ):
         assert line in r.stdout
     r = cli("--cfg", "job", "optim=dct_adam")
     assert r.returncode == 0
@@ -74,10 +76,14 @@ BAD_INPUTS = [
     (["trainer.steps=0"], ["trainer.steps", "at least 1"]),
     (["optim.lr=-1"], ["optim.groups.all.optimizer.lr", "-1", "positive"]),
     (["optim.lr=fast"], ["optim.groups.all.optimizer.lr", "'fast'", "positive number"]),
-    (["optim.groups.all.optimizer.name=adamz"],
-     ["optim.groups.all.optimizer.name", "'adamz'", "Valid choices: adagrad_rmsprop"]),
-    (["+optim.groups.all.optimizer.bogus=1"],
-     ["optim.groups.all.optimizer.bogus", "Valid choices: lr, betas"]),
+    (
+        ["optim.groups.all.optimizer.name=adamz"],
+        ["optim.groups.all.optimizer.name", "'adamz'", "Valid choices: adagrad_rmsprop"],
+    ),
+    (
+        ["+optim.groups.all.optimizer.bogus=1"],
+        ["optim.groups.all.optimizer.bogus", "Valid choices: lr, betas"],
+    ),
     (["scheduler=cosinus"], ["'scheduler'", "'cosinus'", "warmup_cosine"]),
     (["trainer.batch_size=100000"], ["trainer.batch_size", "100000", "354 rows"]),
     (["optim.groups.all.params=[nothing]"], ["AutoNormal.locs.bias", "matches no group"]),
@@ -109,9 +115,15 @@ def test_full_error_env_shows_traceback(cli):
 
 def test_multi_stack_logs_each_groups_lr_and_grad_norm(cli, tmp_path):
     run_dir = tmp_path / "run"
-    r = cli("optim=multi", "model=custom", "model.target=toy_models:NetRegression",
-            "data=synthetic_regression", "data.size=500", "trainer.steps=20",
-            f"hydra.run.dir={run_dir}")
+    r = cli(
+        "optim=multi",
+        "model=custom",
+        "model.target=toy_models:NetRegression",
+        "data=synthetic_regression",
+        "data.size=500",
+        "trainer.steps=20",
+        f"hydra.run.dir={run_dir}",
+    )
     assert r.returncode == 0, r.stderr
     row = _rows(run_dir)[-1]
     assert row["lr/locs"] == 0.01 and row["lr/scales"] == 0.001 and row["lr/weights"] == 0.001
@@ -138,8 +150,16 @@ def test_list_command_shows_registries():
     exe = Path(sys.executable).with_name("pyrotrain-list")
     r = subprocess.run([str(exe)], capture_output=True, text=True, env={"COLUMNS": "200"})
     assert r.returncode == 0, r.stderr
-    for name in ("adagrad_rmsprop", "dct_adam", "cosine_warm_restarts", "warmup", "regression",
-                 "auto_normal", "trace_meanfield", "diabetes"):
+    for name in (
+        "adagrad_rmsprop",
+        "dct_adam",
+        "cosine_warm_restarts",
+        "warmup",
+        "regression",
+        "auto_normal",
+        "trace_meanfield",
+        "diabetes",
+    ):
         assert name in r.stdout
     r = subprocess.run([str(exe), "bogus"], capture_output=True, text=True)
     assert r.returncode == 2 and "optimizers" in r.stderr

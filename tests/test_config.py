@@ -24,14 +24,27 @@ EXTRA = {
 
 
 def test_conf_tree_has_every_group():
-    assert {"model", "data", "optim", "scheduler", "distributed", "trainer", "guide",
-            "elbo"} <= set(GROUPS)
+    assert {
+        "model",
+        "data",
+        "optim",
+        "scheduler",
+        "distributed",
+        "trainer",
+        "guide",
+        "elbo",
+    } <= set(GROUPS)
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_config_option_composes_builds_and_steps(group, option):
-    overrides = [f"{group}={option}", *EXTRA.get((group, option), []), "trainer.steps=3",
-                 "trainer.progress=none", "trainer.eval_num_samples=5"]
+    overrides = [
+        f"{group}={option}",
+        *EXTRA.get((group, option), []),
+        "trainer.steps=3",
+        "trainer.progress=none",
+        "trainer.eval_num_samples=5",
+    ]
     cfg = pyrotrain.compose(overrides)
     run = build(cfg)
     assert run.stack.total_steps == 3
@@ -57,8 +70,14 @@ def test_python_api_without_run_dir_writes_nothing(tmp_path, monkeypatch):
 
 
 def test_epochs_override_steps_and_float64():
-    cfg = pyrotrain.compose(["trainer.epochs=2", "trainer.batch_size=100", "trainer.dtype=float64",
-                             "trainer.progress=none"])
+    cfg = pyrotrain.compose(
+        [
+            "trainer.epochs=2",
+            "trainer.batch_size=100",
+            "trainer.dtype=float64",
+            "trainer.progress=none",
+        ]
+    )
     summary = pyrotrain.train(cfg)
     assert summary["steps"] == 2 * 4  # 354 training rows in batches of 100
     assert pyro.param("AutoNormal.locs.weight").dtype == torch.float64
@@ -67,15 +86,22 @@ def test_epochs_override_steps_and_float64():
 
 @pytest.mark.parametrize("elbo", ["trace_meanfield", "jit_trace", "renyi"])
 def test_elbos_with_particles(elbo):
-    cfg = pyrotrain.compose([f"elbo={elbo}", "elbo.num_particles=2", "trainer.steps=4",
-                             "trainer.progress=none"])
+    cfg = pyrotrain.compose(
+        [f"elbo={elbo}", "elbo.num_particles=2", "trainer.steps=4", "trainer.progress=none"]
+    )
     assert torch.isfinite(torch.tensor(pyrotrain.train(cfg)["final_loss"]))
 
 
 def test_vectorized_particles():
-    cfg = pyrotrain.compose(["elbo.num_particles=4", "elbo.vectorize_particles=true",
-                             "+elbo.max_plate_nesting=1", "trainer.steps=4",
-                             "trainer.progress=none"])
+    cfg = pyrotrain.compose(
+        [
+            "elbo.num_particles=4",
+            "elbo.vectorize_particles=true",
+            "+elbo.max_plate_nesting=1",
+            "trainer.steps=4",
+            "trainer.progress=none",
+        ]
+    )
     assert torch.isfinite(torch.tensor(pyrotrain.train(cfg)["final_loss"]))
 
 

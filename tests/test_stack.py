@@ -77,42 +77,58 @@ EQUIVALENCE = {
     "adagrad_rmsprop": (
         lambda: pyro.optim.AdagradRMSProp({"eta": 0.3, "t": 0.2}),
         one_group("adagrad_rmsprop", eta=0.3, t=0.2),
-        local_latent_model, local_batches, None,
+        local_latent_model,
+        local_batches,
+        None,
     ),
     "clipped_adam": (
         lambda: pyro.optim.ClippedAdam({"lr": 0.05, "clip_norm": 0.5, "lrd": 0.99}),
         one_group("clipped_adam", lr=0.05, clip_norm=0.5, lrd=0.99),
-        local_latent_model, local_batches, None,
+        local_latent_model,
+        local_batches,
+        None,
     ),
     "adam": (
         lambda: pyro.optim.Adam({"lr": 0.05}),
         one_group("adam", lr=0.05),
-        local_latent_model, local_batches, None,
+        local_latent_model,
+        local_batches,
+        None,
     ),
     "sgd": (
         lambda: pyro.optim.SGD({"lr": 1e-3, "momentum": 0.9}),
         one_group("sgd", lr=1e-3, momentum=0.9),
-        local_latent_model, local_batches, None,
+        local_latent_model,
+        local_batches,
+        None,
     ),
     "dct_adam_unmarked": (
         lambda: pyro.optim.DCTAdam({"lr": 0.05}),
         one_group("dct_adam", lr=0.05),
-        series_model, series_batches, None,
+        series_model,
+        series_batches,
+        None,
     ),
     "dct_adam_marked_by_plate": (
         lambda: pyro.optim.DCTAdam({"lr": 0.05}),
         {**one_group("dct_adam", lr=0.05), "dct": [{"plate": "time"}]},
-        series_model, series_batches, "time",
+        series_model,
+        series_batches,
+        "time",
     ),
     "dct_adam_marked_by_pattern": (
         lambda: pyro.optim.DCTAdam({"lr": 0.05}),
         {**one_group("dct_adam", lr=0.05), "dct": [{"params": ["AutoNormal.*.step"], "dim": -1}]},
-        series_model, series_batches, "time",
+        series_model,
+        series_batches,
+        "time",
     ),
     "dct_adam_subsample_aware": (
         lambda: pyro.optim.DCTAdam({"lr": 0.05, "subsample_aware": True}),
         one_group("dct_adam", lr=0.05, subsample_aware=True),
-        local_latent_model, local_batches, None,
+        local_latent_model,
+        local_batches,
+        None,
     ),
 }
 
@@ -124,8 +140,12 @@ def test_stack_matches_pyro_optim(case, dtype):
     with default_dtype(dtype):
         theirs = run_svi(model, batches(dtype), make_pyro(), mark_plate=plate)
         stack = OptimizerStack.from_config(config)
-        ours = run_svi(model, batches(dtype), stack, mark_plate=stack.dct_plates[0]
-                       if stack.dct_plates else None)
+        ours = run_svi(
+            model,
+            batches(dtype),
+            stack,
+            mark_plate=stack.dct_plates[0] if stack.dct_plates else None,
+        )
     assert_close(ours, theirs, dtype)
     assert len(stack.groups[0].optimizer.param_groups[0]["params"]) == len(ours)
 
@@ -133,46 +153,61 @@ def test_stack_matches_pyro_optim(case, dtype):
 def test_marked_params_take_the_dct_update():
     with default_dtype(torch.float64):
         config = {**one_group("dct_adam", lr=0.05), "dct": [{"plate": "time"}]}
-        marked = run_svi(series_model, series_batches(torch.float64),
-                         OptimizerStack.from_config(config), mark_plate="time")
-        plain = run_svi(series_model, series_batches(torch.float64),
-                        OptimizerStack.from_config(one_group("dct_adam", lr=0.05)))
+        marked = run_svi(
+            series_model,
+            series_batches(torch.float64),
+            OptimizerStack.from_config(config),
+            mark_plate="time",
+        )
+        plain = run_svi(
+            series_model,
+            series_batches(torch.float64),
+            OptimizerStack.from_config(one_group("dct_adam", lr=0.05)),
+        )
     # Only the time-series params differ: the rest follow the same (plain) update at first.
     assert not torch.allclose(marked["AutoNormal.locs.step"], plain["AutoNormal.locs.step"])
     store = pyro.get_param_store()
-    assert getattr(store.get_param("AutoNormal.locs.step").unconstrained(), "_pyro_dct_dim",
-                   None) is None  # the unmarked run left it unmarked
+    assert (
+        getattr(store.get_param("AutoNormal.locs.step").unconstrained(), "_pyro_dct_dim", None)
+        is None
+    )  # the unmarked run left it unmarked
 
 
 def test_exponential_schedule_matches_pyro_exponential_lr():
     pyro_sched = pyro.optim.ExponentialLR(
-        {"optimizer": torch.optim.Adam, "optim_args": {"lr": 0.1}, "gamma": 0.9})
+        {"optimizer": torch.optim.Adam, "optim_args": {"lr": 0.1}, "gamma": 0.9}
+    )
     theirs_lr = []
 
     def pyro_after():
         pyro_sched.step()
         theirs_lr.append(next(iter(pyro_sched.optim_objs.values())).optimizer.param_groups[0]["lr"])
 
-    theirs = run_svi(local_latent_model, local_batches(torch.float32, steps=20), pyro_sched,
-                     after_step=pyro_after)
-    stack = OptimizerStack.from_config(one_group("adam", lr=0.1),
-                                       {"name": "exponential", "gamma": 0.9})
+    theirs = run_svi(
+        local_latent_model,
+        local_batches(torch.float32, steps=20),
+        pyro_sched,
+        after_step=pyro_after,
+    )
+    stack = OptimizerStack.from_config(
+        one_group("adam", lr=0.1), {"name": "exponential", "gamma": 0.9}
+    )
     ours_lr = []
 
     def ours_after():
         stack.step()
         ours_lr.append(stack.lrs()["all"])
 
-    ours = run_svi(local_latent_model, local_batches(torch.float32, steps=20), stack,
-                   after_step=ours_after)
+    ours = run_svi(
+        local_latent_model, local_batches(torch.float32, steps=20), stack, after_step=ours_after
+    )
     assert ours_lr == pytest.approx(theirs_lr, rel=1e-12)
     assert ours_lr[-1] == pytest.approx(0.1 * 0.9**20)
     assert_close(ours, theirs, torch.float32)
 
 
 def _stack_with_one_param(scheduler, lr=0.1, total_steps=None):
-    stack = OptimizerStack.from_config(one_group("sgd", lr=lr), scheduler,
-                                       total_steps=total_steps)
+    stack = OptimizerStack.from_config(one_group("sgd", lr=lr), scheduler, total_steps=total_steps)
     p = pyro.param("w", torch.zeros(3)).unconstrained()
     p.grad = torch.ones(3)
     stack({p})
@@ -193,8 +228,12 @@ def test_plateau_lowers_lr_only_when_loss_stalls():
 
 
 def test_warmup_ramps_linearly_then_cosine():
-    warmup = {"name": "warmup", "warmup_steps": 10, "start_factor": 0.1,
-              "then": {"name": "cosine", "eta_min": 0.0}}
+    warmup = {
+        "name": "warmup",
+        "warmup_steps": 10,
+        "start_factor": 0.1,
+        "then": {"name": "cosine", "eta_min": 0.0},
+    }
     stack = _stack_with_one_param(warmup, lr=1.0, total_steps=30)
     lrs = [stack.lrs()["all"]]
     for _ in range(30):
@@ -228,10 +267,13 @@ def test_groups_get_one_optimizer_each_first_match_wins():
     assert type(by_name["locs"].optimizer) is torch.optim.Adam
     assert type(by_name["scales"].optimizer) is torch.optim.SGD
     assert sorted(by_name["locs"].names) == ["AutoNormal.locs.bias", "AutoNormal.locs.sigma"]
-    assert sorted(by_name["scales"].names) == ["AutoNormal.scales.bias",
-                                               "AutoNormal.scales.sigma"]
-    assert sorted(by_name["weights"].names) == ["net$$$0.bias", "net$$$0.weight",
-                                                "net$$$2.bias", "net$$$2.weight"]
+    assert sorted(by_name["scales"].names) == ["AutoNormal.scales.bias", "AutoNormal.scales.sigma"]
+    assert sorted(by_name["weights"].names) == [
+        "net$$$0.bias",
+        "net$$$0.weight",
+        "net$$$2.bias",
+        "net$$$2.weight",
+    ]
     assert stack.lrs() == {"locs": 0.01, "scales": 1e-3, "weights": 1e-3}
     assert stack.describe()["weights"]["params"] == 4
 
@@ -267,13 +309,20 @@ def test_state_dict_round_trip_continues_exactly():
     config = {
         "groups": {
             "locs": {"params": ["*.locs.*"], "optimizer": {"name": "clipped_adam", "lr": 0.05}},
-            "rest": {"params": ["*"], "optimizer": {"name": "adam", "lr": 0.02},
-                     "scheduler": {"name": "exponential", "gamma": 0.95}},
+            "rest": {
+                "params": ["*"],
+                "optimizer": {"name": "adam", "lr": 0.02},
+                "scheduler": {"name": "exponential", "gamma": 0.95},
+            },
         }
     }
     straight_stack = OptimizerStack.from_config(config)
-    straight = run_svi(local_latent_model, local_batches(torch.float32, steps=20), straight_stack,
-                       after_step=lambda: straight_stack.step())
+    straight = run_svi(
+        local_latent_model,
+        local_batches(torch.float32, steps=20),
+        straight_stack,
+        after_step=lambda: straight_stack.step(),
+    )
 
     # 10 steps, save, then a restart from the saved state for the last 10.
     pyro.clear_param_store()
@@ -312,8 +361,11 @@ def test_frozen_group_does_not_move_and_clipping_bounds_the_step():
     config = {
         "groups": {
             "frozen": {"params": ["w"], "frozen": True, "optimizer": "sgd"},
-            "clipped": {"params": ["v"], "optimizer": {"name": "sgd", "lr": 1.0},
-                        "clip": {"norm": 0.01}},
+            "clipped": {
+                "params": ["v"],
+                "optimizer": {"name": "sgd", "lr": 1.0},
+                "clip": {"norm": 0.01},
+            },
         }
     }
     stack = OptimizerStack.from_config(config)
@@ -343,7 +395,8 @@ def test_user_mistakes_raise_clear_errors():
         OptimizerStack.from_config({"groups": {"g": {"params": ["regex:("], "optimizer": "adam"}}})
 
     stack = OptimizerStack.from_config(
-        {"groups": {"locs": {"params": ["*.locs.*"], "optimizer": "adam"}}})
+        {"groups": {"locs": {"params": ["*.locs.*"], "optimizer": "adam"}}}
+    )
     p = pyro.param("other", torch.zeros(2)).unconstrained()
     with pytest.raises(PyrotrainError, match="(?i)parameter 'other' matches no group"):
         stack({p})

@@ -39,8 +39,9 @@ class NetRegression:
     """A network's weights (``net$$$...``) beside Bayesian latents: three kinds of params."""
 
     def __init__(self, data, hidden: int = 8):
-        self.net = nn.Sequential(nn.Linear(data.train["x"].shape[-1], hidden), nn.Tanh(),
-                                 nn.Linear(hidden, 1))
+        self.net = nn.Sequential(
+            nn.Linear(data.train["x"].shape[-1], hidden), nn.Tanh(), nn.Linear(hidden, 1)
+        )
 
     def __call__(self, x, y=None, index=None, size=None):
         n = x.shape[0] if size is None else size

@@ -18,8 +18,9 @@ BACKENDS = ("auto", "none")
 def build_backend(node: Any) -> SingleProcess:
     name, _ = named_section(node, "distributed")
     if name not in BACKENDS:
-        raise PyrotrainError("unknown distributed backend", key="distributed.name", value=name,
-                             choices=BACKENDS)
+        raise PyrotrainError(
+            "unknown distributed backend", key="distributed.name", value=name, choices=BACKENDS
+        )
     return SingleProcess()
 
 

@@ -42,16 +42,19 @@ class SchedulerSpec:
         if isinstance(node, str):
             node = {"name": node}
         if not isinstance(node, dict) or "name" not in node:
-            raise PyrotrainError("a scheduler must be a mapping with a 'name'", key=key,
-                                 value=node)
+            raise PyrotrainError("a scheduler must be a mapping with a 'name'", key=key, value=node)
         args = dict(node)
         name = args.pop("name")
         if name in (None, "none"):
             return None
         interval = args.pop("interval", "step")
         if interval not in INTERVALS:
-            raise PyrotrainError("unknown scheduler interval", key=f"{key}.interval",
-                                 value=interval, choices=INTERVALS)
+            raise PyrotrainError(
+                "unknown scheduler interval",
+                key=f"{key}.interval",
+                value=interval,
+                choices=INTERVALS,
+            )
         if name != "warmup":
             SCHEDULERS.get(name, f"{key}.name")  # fail early on unknown names
         return cls(name=name, interval=interval, args=args, key=key)
@@ -72,38 +75,48 @@ def build_scheduler(
     length_arg = _LENGTH_ARGS.get(spec.name)
     if length_arg and length_arg not in args:
         if length is None:
-            raise PyrotrainError(f"the '{spec.name}' scheduler needs '{length_arg}'",
-                                 key=f"{spec.key}.{length_arg}")
+            raise PyrotrainError(
+                f"the '{spec.name}' scheduler needs '{length_arg}'", key=f"{spec.key}.{length_arg}"
+            )
         args[length_arg] = length
     if spec.name == "lambda" or spec.name == "multiplicative":
         args["lr_lambda"] = _as_function(args.get("lr_lambda"), f"{spec.key}.lr_lambda")
     try:
         return call_with_kwargs(cls, args, spec.key, optimizer)
     except (TypeError, ValueError) as e:
-        raise PyrotrainError(f"cannot build the '{spec.name}' scheduler: {e}", key=spec.key,
-                             value=spec.args) from e
+        raise PyrotrainError(
+            f"cannot build the '{spec.name}' scheduler: {e}", key=spec.key, value=spec.args
+        ) from e
 
 
 def _warmup(spec: SchedulerSpec, optimizer: torch.optim.Optimizer, length: int | None) -> Any:
-    """Linear warmup from ``start_factor * lr`` over ``warmup_steps``, then the ``then`` schedule."""
+    """Linear warmup from ``start_factor * lr`` over ``warmup_steps``, then ``then``."""
     args = dict(spec.args)
     steps = args.pop("warmup_steps", None)
     start_factor = args.pop("start_factor", 0.01)
     then = args.pop("then", None)
     if args:
-        raise PyrotrainError(f"warmup takes no argument '{next(iter(args))}'",
-                             key=f"{spec.key}.{next(iter(args))}",
-                             choices=["warmup_steps", "start_factor", "then", "interval"])
+        raise PyrotrainError(
+            f"warmup takes no argument '{next(iter(args))}'",
+            key=f"{spec.key}.{next(iter(args))}",
+            choices=["warmup_steps", "start_factor", "then", "interval"],
+        )
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise PyrotrainError("warmup needs a positive integer 'warmup_steps'",
-                             key=f"{spec.key}.warmup_steps", value=steps)
+        raise PyrotrainError(
+            "warmup needs a positive integer 'warmup_steps'",
+            key=f"{spec.key}.warmup_steps",
+            value=steps,
+        )
     warm = LinearLR(optimizer, start_factor=start_factor, end_factor=1.0, total_iters=steps)
     inner = SchedulerSpec.parse(then, f"{spec.key}.then")
     if inner is None:
         return warm
     if inner.needs_metric or inner.name == "warmup":
-        raise PyrotrainError("warmup cannot be followed by this scheduler",
-                             key=f"{spec.key}.then.name", value=inner.name)
+        raise PyrotrainError(
+            "warmup cannot be followed by this scheduler",
+            key=f"{spec.key}.then.name",
+            value=inner.name,
+        )
     rest = None if length is None else max(1, length - steps)
     after = build_scheduler(inner, optimizer, rest)
     return SequentialLR(optimizer, [warm, after], milestones=[steps])
@@ -117,15 +130,17 @@ def _as_function(value: Any, key: str) -> Any:
         try:
             fn = eval(value, {"math": math, "__builtins__": {}})  # noqa: S307 (user's own config)
         except SyntaxError as e:
-            raise PyrotrainError(f"not a valid lambda expression ({e.msg})", key=key,
-                                 value=value) from e
+            raise PyrotrainError(
+                f"not a valid lambda expression ({e.msg})", key=key, value=value
+            ) from e
         return fn
     if isinstance(value, str):
         from ..registry import import_object
 
         return import_object(value, key)
-    raise PyrotrainError("expected a 'lambda step: ...' string or an import path", key=key,
-                         value=value)
+    raise PyrotrainError(
+        "expected a 'lambda step: ...' string or an import path", key=key, value=value
+    )
 
 
 def step_scheduler(scheduler: Any, metric: float | None) -> None:

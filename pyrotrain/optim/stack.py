@@ -33,15 +33,17 @@ class Pattern:
 
     def __init__(self, text: str, key: str):
         if not isinstance(text, str) or not text:
-            raise PyrotrainError("a parameter pattern must be a non-empty string", key=key,
-                                 value=text)
+            raise PyrotrainError(
+                "a parameter pattern must be a non-empty string", key=key, value=text
+            )
         self.text = text
         if text.startswith("regex:"):
             try:
-                self._regex = re.compile(text[len("regex:"):])
+                self._regex = re.compile(text[len("regex:") :])
             except re.error as e:
-                raise PyrotrainError(f"not a valid regular expression ({e})", key=key,
-                                     value=text) from e
+                raise PyrotrainError(
+                    f"not a valid regular expression ({e})", key=key, value=text
+                ) from e
         else:
             self._regex = re.compile(fnmatch.translate(text))
 
@@ -102,12 +104,19 @@ def parse_groups(node: Any, default_scheduler: Any = None) -> tuple[list[GroupSp
         raise PyrotrainError("optim must be a mapping with 'groups'", key="optim", value=node)
     for k in node:
         if k not in STACK_KEYS:
-            raise PyrotrainError(f"'{k}' is not an optim setting", key=f"optim.{k}",
-                                 value=node[k], choices=STACK_KEYS)
+            raise PyrotrainError(
+                f"'{k}' is not an optim setting",
+                key=f"optim.{k}",
+                value=node[k],
+                choices=STACK_KEYS,
+            )
     groups_node = node.get("groups")
     if not isinstance(groups_node, Mapping) or not groups_node:
-        raise PyrotrainError("optim.groups must map group names to group settings",
-                             key="optim.groups", value=groups_node)
+        raise PyrotrainError(
+            "optim.groups must map group names to group settings",
+            key="optim.groups",
+            value=groups_node,
+        )
     default_spec = SchedulerSpec.parse(default_scheduler, "scheduler")
     specs = [_parse_group(str(name), g, default_spec) for name, g in groups_node.items()]
     marks = [_parse_mark(m, f"optim.dct.{i}") for i, m in enumerate(node.get("dct") or [])]
@@ -120,20 +129,23 @@ def _parse_group(name: str, g: Any, default_scheduler: SchedulerSpec | None) -> 
         raise PyrotrainError("a group must be a mapping", key=key, value=g)
     for k in g:
         if k not in GROUP_KEYS:
-            raise PyrotrainError(f"'{k}' is not a group setting", key=f"{key}.{k}", value=g[k],
-                                 choices=GROUP_KEYS)
+            raise PyrotrainError(
+                f"'{k}' is not a group setting", key=f"{key}.{k}", value=g[k], choices=GROUP_KEYS
+            )
     patterns = g.get("params", ["*"])
     if isinstance(patterns, str):
         patterns = [patterns]
     if not isinstance(patterns, list) or not patterns:
-        raise PyrotrainError("params must be a list of patterns", key=f"{key}.params",
-                             value=patterns)
+        raise PyrotrainError(
+            "params must be a list of patterns", key=f"{key}.params", value=patterns
+        )
     opt = g.get("optimizer")
     if isinstance(opt, str):
         opt = {"name": opt}
     if not isinstance(opt, Mapping) or "name" not in opt:
-        raise PyrotrainError("optimizer must be a mapping with a 'name'", key=f"{key}.optimizer",
-                             value=opt)
+        raise PyrotrainError(
+            "optimizer must be a mapping with a 'name'", key=f"{key}.optimizer", value=opt
+        )
     opt_args = dict(opt)
     opt_name = opt_args.pop("name")
     frozen = bool(g.get("frozen", False))
@@ -144,8 +156,12 @@ def _parse_group(name: str, g: Any, default_scheduler: SchedulerSpec | None) -> 
                 _positive_number(opt_args[lr_key], f"{key}.optimizer.{lr_key}")
     clip = g.get("clip") or {}
     if not isinstance(clip, Mapping) or set(clip) - {"norm", "value"}:
-        raise PyrotrainError("clip takes 'norm' and/or 'value'", key=f"{key}.clip", value=clip,
-                             choices=["norm", "value"])
+        raise PyrotrainError(
+            "clip takes 'norm' and/or 'value'",
+            key=f"{key}.clip",
+            value=clip,
+            choices=["norm", "value"],
+        )
     clip_norm, clip_value = clip.get("norm"), clip.get("value")
     scheduler = (
         SchedulerSpec.parse(g["scheduler"], f"{key}.scheduler")
@@ -173,12 +189,14 @@ def _parse_mark(m: Any, key: str) -> DCTMark:
     if isinstance(m, Mapping) and set(m) <= {"params", "dim"} and "params" in m:
         dim = m.get("dim", -1)
         if isinstance(dim, bool) or not isinstance(dim, int) or dim >= 0:
-            raise PyrotrainError("the DCT time dim must be a negative integer", key=f"{key}.dim",
-                                 value=dim)
+            raise PyrotrainError(
+                "the DCT time dim must be a negative integer", key=f"{key}.dim", value=dim
+            )
         pats = m["params"] if isinstance(m["params"], list) else [m["params"]]
         return DCTMark(patterns=[Pattern(p, f"{key}.params") for p in pats], dim=dim)
-    raise PyrotrainError("a DCT mark is {plate: NAME} or {params: [PATTERNS], dim: -1}", key=key,
-                         value=m)
+    raise PyrotrainError(
+        "a DCT mark is {plate: NAME} or {params: [PATTERNS], dim: -1}", key=key, value=m
+    )
 
 
 class OptimizerStack(PyroOptim):
@@ -257,7 +275,8 @@ class OptimizerStack(PyroOptim):
                 if -mark.dim > p.dim():
                     raise PyrotrainError(
                         f"parameter '{name}' has shape {tuple(p.shape)}, no dim {mark.dim}",
-                        key="optim.dct", value=mark.dim,
+                        key="optim.dct",
+                        value=mark.dim,
                     )
                 p._pyro_dct_dim = mark.dim
                 return
@@ -273,8 +292,11 @@ class OptimizerStack(PyroOptim):
                     cls, spec.optimizer_args, f"{spec.key}.optimizer", list(group.params)
                 )
             except (TypeError, ValueError) as e:
-                raise PyrotrainError(f"cannot build optimizer '{spec.optimizer}': {e}",
-                                     key=f"{spec.key}.optimizer", value=spec.optimizer_args) from e
+                raise PyrotrainError(
+                    f"cannot build optimizer '{spec.optimizer}': {e}",
+                    key=f"{spec.key}.optimizer",
+                    value=spec.optimizer_args,
+                ) from e
             if spec.scheduler is not None:
                 length = (
                     self.total_epochs if spec.scheduler.interval == "epoch" else self.total_steps
@@ -390,7 +412,8 @@ class OptimizerStack(PyroOptim):
         if unknown:
             raise PyrotrainError(
                 "the saved optimizer state has groups this stack does not",
-                key="optim.groups", value=sorted(unknown),
+                key="optim.groups",
+                value=sorted(unknown),
                 choices=[g.spec.name for g in self.groups],
             )
         self._pending_state.update(state)
