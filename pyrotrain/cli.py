@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import (
     ConfigCompositionException,
@@ -23,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
 from .errors import PyrotrainError
+from .plots import plot_run
 from .trainer import train
 
 EXIT_USAGE = 2
@@ -31,7 +33,9 @@ _show_traceback = False  # HYDRA_FULL_ERROR=1 as the user set it
 
 @hydra.main(version_base="1.3", config_path="pkg://pyrotrain.conf", config_name="config")
 def _job(cfg: DictConfig) -> float:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    _limit_threads_for_parallel_jobs(hydra_cfg.launcher)
     try:
         summary = train(cfg, run_dir)
     except PyrotrainError as exc:
@@ -52,8 +56,41 @@ def _job(cfg: DictConfig) -> float:
                 for k, v in summary["eval"].items()
             )
         )
+    if summary.get("world_size", 1) == 1 or os.environ.get("HOROVOD_RANK", "0") == "0":
+        plot_run(run_dir)
     console.print(f"run dir: {run_dir}")
-    return summary["smoothed_loss"]
+    return objective(summary, cfg.trainer.get("objective", "smoothed_loss"))
+
+
+def objective(summary: dict, path: str) -> float:
+    """The summary value at a dotted ``path`` (``eval.rmse``), returned to Hydra's sweeper."""
+    value: object = summary
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            choices = ["smoothed_loss", "final_loss"] + [
+                f"eval.{k}" for k in (summary.get("eval") or {})
+            ]
+            _report(
+                PyrotrainError(
+                    "no such value in the run's summary",
+                    key="trainer.objective",
+                    value=path,
+                    choices=choices,
+                ).message()
+            )
+        value = value[part]
+    return float(value)
+
+
+def _limit_threads_for_parallel_jobs(launcher: DictConfig) -> None:
+    """Under the joblib launcher, give each of the parallel jobs its share of the cores."""
+    if "joblib" not in str(launcher.get("_target_", "")):
+        return
+    cores = os.cpu_count() or 1
+    n_jobs = int(launcher.get("n_jobs", -1) or -1)
+    if n_jobs < 0:  # joblib's convention: -1 is every core, -2 all but one, ...
+        n_jobs = max(1, cores + 1 + n_jobs)
+    torch.set_num_threads(max(1, cores // n_jobs))
 
 
 def _one_paragraph(text: str) -> str:

@@ -52,6 +52,12 @@ class TrainerConfig:
             "weight of the past in the exponentially smoothed loss (0 to <1)", minimum=0
         ),
     )
+    objective: str = field(
+        default="smoothed_loss",
+        metadata=_meta(
+            "what a run returns to a sweeper: smoothed_loss, final_loss or eval.<metric>"
+        ),
+    )
     eval_num_samples: int = field(
         default=100, metadata=_meta("posterior samples drawn for the evaluation", minimum=1)
     )

@@ -1,0 +1,193 @@
+"""Plots of a run (loss, learning rates, gradient norms) and of a sweep (every job's loss).
+
+Written at the end of each CLI run and on demand: ``pyrotrain-plot RUN_OR_SWEEP_DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut short by a crash ends the readable part
+    return rows
+
+
+def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
+    pts = [(r["step"], r[key]) for r in rows if key in r and _finite(r[key])]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _positive(values: list[float]) -> bool:
+    return bool(values) and min(values) > 0
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_run(run_dir: str | Path, log_scale: bool | None = None) -> list[Path]:
+    """Write loss.png, lr.png and grad_norm.png into ``run_dir``; return the files written.
+
+    ``log_scale=None`` uses a log loss axis when every loss is positive and they span more than
+    a factor of 20.
+    """
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir)
+    if not rows:
+        return []
+    written = []
+    steps, loss = _series(rows, "loss")
+    s_steps, smoothed = _series(rows, "smoothed_loss")
+    if log_scale is None:
+        log_scale = _positive(loss) and max(loss) / min(loss) > 20
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(steps, loss, color="tab:blue", alpha=0.35, lw=1, label="loss (mean per log row)")
+    ax.plot(s_steps, smoothed, color="tab:blue", lw=2, label="smoothed loss")
+    ax.set(xlabel="step", ylabel="loss (negative ELBO)", title=f"Loss: {run_dir.name}")
+    if log_scale and _positive(loss):
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    written.append(_save(fig, run_dir / "loss.png"))
+
+    for prefix, ylabel, fname, title in [
+        ("lr/", "learning rate", "lr.png", "Learning rate per group"),
+        ("grad_norm/", "gradient L2 norm", "grad_norm.png", "Gradient norm per group"),
+    ]:
+        keys = sorted({k for r in rows for k in r if k.startswith(prefix)})
+        if not keys:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        all_values = []
+        for key in keys:
+            xs, ys = _series(rows, key)
+            all_values += ys
+            ax.plot(xs, ys, lw=1.5, label=key[len(prefix) :])
+        if prefix == "grad_norm/" and _positive(all_values):
+            ax.set_yscale("log")
+        ax.set(xlabel="step", ylabel=ylabel, title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(title="group")
+        written.append(_save(fig, run_dir / fname))
+    return written
+
+
+def job_overrides(job_dir: Path) -> list[str]:
+    """A job's command-line overrides, read from Hydra's .hydra/overrides.yaml."""
+    path = job_dir / ".hydra" / "overrides.yaml"
+    if not path.exists():
+        return []
+    import yaml
+
+    return [o for o in yaml.safe_load(path.read_text()) or [] if not o.startswith("hydra.")]
+
+
+def job_labels(jobs: list[Path]) -> dict[Path, str]:
+    """Each job's overrides, less those every job of the sweep shares."""
+    overrides = {job: job_overrides(job) for job in jobs}
+    shared = set.intersection(*(set(o) for o in overrides.values())) if len(jobs) > 1 else set()
+    return {
+        job: " ".join(o for o in ov if o not in shared) or job.name for job, ov in overrides.items()
+    }
+
+
+def sweep_jobs(sweep_dir: Path) -> list[Path]:
+    """Job directories of a sweep, in job order."""
+    jobs = [p for p in Path(sweep_dir).iterdir() if p.is_dir() and (p / "metrics.jsonl").exists()]
+    return sorted(
+        jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name)
+    )
+
+
+def plot_sweep(sweep_dir: str | Path, log_scale: bool | None = None) -> Path | None:
+    """Every job's smoothed loss on one figure, labelled by its overrides: comparison.png."""
+    sweep_dir = Path(sweep_dir)
+    jobs = sweep_jobs(sweep_dir)
+    if not jobs:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    all_values = []
+    labels = job_labels(jobs)
+    for job in jobs:
+        xs, ys = _series(read_metrics(job), "smoothed_loss")
+        all_values += ys
+        ax.plot(xs, ys, lw=1.5, label=f"{job.name}: {labels[job]}")
+    if log_scale is None:
+        log_scale = _positive(all_values) and max(all_values) / min(all_values) > 20
+    if log_scale and _positive(all_values):
+        ax.set_yscale("log")
+    ax.set(
+        xlabel="step",
+        ylabel="smoothed loss (negative ELBO)",
+        title=f"Sweep {sweep_dir.name}: smoothed loss per job",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="upper right")
+    return _save(fig, sweep_dir / "comparison.png")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="pyrotrain-plot",
+        description="Plot a run directory (loss.png, lr.png, grad_norm.png) or a sweep directory "
+        "(comparison.png, plus each job's plots).",
+    )
+    parser.add_argument("path", type=Path, help="a run directory or a --multirun sweep directory")
+    scale = parser.add_mutually_exclusive_group()
+    scale.add_argument(
+        "--log", dest="log_scale", action="store_true", default=None, help="log-scale loss axis"
+    )
+    scale.add_argument(
+        "--linear",
+        dest="log_scale",
+        action="store_false",
+        help="linear loss axis (default: log when the loss spans >20x)",
+    )
+    args = parser.parse_args(argv)
+    if not args.path.is_dir():
+        parser.error(f"{args.path} is not a directory")
+    written = []
+    if (args.path / "metrics.jsonl").exists():
+        written = plot_run(args.path, args.log_scale)
+    else:
+        jobs = sweep_jobs(args.path)
+        if not jobs:
+            parser.error(
+                f"{args.path} has no metrics.jsonl and no job directories with one: "
+                "give a pyrotrain run or sweep directory"
+            )
+        for job in jobs:
+            written += plot_run(job, args.log_scale)
+        written.append(plot_sweep(args.path, args.log_scale))
+    for path in written:
+        print(path)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
