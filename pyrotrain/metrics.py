@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import sys
@@ -42,24 +43,57 @@ class SmoothedLoss:
         return self._avg / (1 - self.weight**self._n) if self.weight > 0 else self._avg
 
 
-class MetricsFile:
-    """Appends one JSON object per logged step to ``metrics.jsonl``; a no-op without a path."""
+LOGGERS = ("jsonl", "csv", "tensorboard")
 
-    def __init__(self, path: Path | None):
-        self._file: IO[str] | None = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+
+class MetricsSinks:
+    """Where logged rows go: metrics.jsonl always, plus metrics.csv and/or TensorBoard event
+    files (``tensorboard/``) when asked. Without a run directory (other ranks, or the Python
+    API without ``run_dir``) nothing is written."""
+
+    def __init__(self, run_dir: Path | None, loggers: tuple[str, ...] = ()):
+        self._jsonl: IO[str] | None = None
+        self._csv: IO[str] | None = None
+        self._csv_writer: csv.DictWriter | None = None
+        self._tb = None
+        if run_dir is None:
+            return
+        self._jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        if "csv" in loggers:
+            self._csv = open(run_dir / "metrics.csv", "a", newline="", encoding="utf-8")  # noqa: SIM115
+        if "tensorboard" in loggers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
     def write(self, row: dict[str, Any]) -> None:
-        if self._file is not None:
-            self._file.write(json.dumps(row) + "\n")
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps(row) + "\n")
+        if self._csv is not None:
+            if self._csv_writer is None:
+                # Columns are fixed by the first row; groups do not change during a run.
+                self._csv_writer = csv.DictWriter(
+                    self._csv, fieldnames=list(row), extrasaction="ignore"
+                )
+                if self._csv.tell() == 0:
+                    self._csv_writer.writeheader()
+            self._csv_writer.writerow(row)
+        if self._tb is not None:
+            step = row["step"]
+            for key, value in row.items():
+                if key not in ("step", "epoch") and isinstance(value, (int, float)):
+                    self._tb.add_scalar(key, value, step)
 
     def flush(self) -> None:
-        if self._file is not None:
-            self._file.flush()
+        for f in (self._jsonl, self._csv, self._tb):
+            if f is not None:
+                f.flush()
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        for f in (self._jsonl, self._csv, self._tb):
+            if f is not None:
+                f.close()
+        self._jsonl = self._csv = self._tb = None
 
 
 def _fmt_lrs(lrs: dict[str, float]) -> str:

@@ -29,7 +29,7 @@ from .config import TrainerConfig, check_trainer_against_data, named_section, pa
 from .data import BatchOrder, Dataset
 from .distributed import build_backend
 from .errors import PyrotrainError
-from .metrics import MetricsFile, ProgressDisplay, SmoothedLoss
+from .metrics import LOGGERS, MetricsSinks, ProgressDisplay, SmoothedLoss
 from .optim.stack import OptimizerStack, parse_groups
 from .registry import DATASETS, ELBOS, GUIDES, MODELS, call_with_kwargs, import_object
 
@@ -43,6 +43,7 @@ TOP_LEVEL_KEYS = (
     "distributed",
     "trainer",
     "seed",
+    "logger",
 )
 
 
@@ -62,6 +63,7 @@ class Run:
     device: torch.device
     dtype: torch.dtype
     model_kwargs: frozenset[str] | None  # None: the model takes **kwargs
+    logger: str = "jsonl"
 
 
 @contextlib.contextmanager
@@ -166,6 +168,9 @@ def build(cfg: DictConfig) -> Run:
     # Check the optimizer stack's config before loading anything.
     specs, marks = parse_groups(cfg.get("optim"), cfg.get("scheduler"))
     backend = build_backend(cfg.get("distributed", "auto"))
+    logger, _ = named_section(cfg.get("logger", "jsonl"), "logger")
+    if logger not in LOGGERS:
+        raise PyrotrainError("unknown metrics logger", key="logger", value=logger, choices=LOGGERS)
     device = _resolve_device(trainer.device)
     dtype = getattr(torch, trainer.dtype)
 
@@ -205,6 +210,7 @@ def build(cfg: DictConfig) -> Run:
         device=device,
         dtype=dtype,
         model_kwargs=_accepted_kwargs(model),
+        logger=logger,
     )
 
 
@@ -268,7 +274,7 @@ class Trainer:
         total = stack.total_steps
         if self.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        metrics = MetricsFile(self.run_dir / "metrics.jsonl" if self.writes else None)
+        metrics = MetricsSinks(self.run_dir if self.writes else None, (run.logger,))
         display = ProgressDisplay(total, t.progress if backend.is_main else "none", self.console)
         smoothed = SmoothedLoss(t.smoothing)
         batches = iter(order)
