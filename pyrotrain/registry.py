@@ -144,10 +144,11 @@ register_elbo = ELBOS.register
 
 
 def _register_builtins() -> None:
-    # Pyro's optimizers under their own names; issue #6 swaps in vectorized versions.
-    OPTIMIZERS.register("adagrad_rmsprop", "pyro.optim.adagrad_rmsprop:AdagradRMSProp")
-    OPTIMIZERS.register("dct_adam", "pyro.optim.dct_adam:DCTAdam")
-    OPTIMIZERS.register("clipped_adam", "pyro.optim.clipped_adam:ClippedAdam")
+    # Pyro's optimizers with Pyro's math, updating a whole group per call (pyrotrain.optim);
+    # the pyro_* names keep Pyro's per-parameter originals for comparison.
+    OPTIMIZERS.register("adagrad_rmsprop", "pyrotrain.optim.adagrad_rmsprop:AdagradRMSProp")
+    OPTIMIZERS.register("dct_adam", "pyrotrain.optim.dct_adam:DCTAdam")
+    OPTIMIZERS.register("clipped_adam", "pyrotrain.optim.clipped_adam:ClippedAdam")
     OPTIMIZERS.register("pyro_adagrad_rmsprop", "pyro.optim.adagrad_rmsprop:AdagradRMSProp")
     OPTIMIZERS.register("pyro_dct_adam", "pyro.optim.dct_adam:DCTAdam")
     OPTIMIZERS.register("pyro_clipped_adam", "pyro.optim.clipped_adam:ClippedAdam")
@@ -207,6 +208,15 @@ def _register_builtins() -> None:
     MODELS.register("regression", "pyrotrain.models.regression:Regression")
     DATASETS.register("diabetes", "pyrotrain.data:load_diabetes")
     DATASETS.register("synthetic_regression", "pyrotrain.data:make_regression")
+    MODELS.register("timeseries", "pyrotrain.models.timeseries:TimeSeries")
+    MODELS.register("sparse", "pyrotrain.models.sparse:SparseRatings")
+    MODELS.register("neural", "pyrotrain.models.neural:DigitsVAE")
+    MODELS.register("hierarchical", "pyrotrain.models.hierarchical:Hierarchical")
+    DATASETS.register("csv", "pyrotrain.csv_data:load_csv")
+    DATASETS.register("co2", "pyrotrain.models.timeseries:load_co2")
+    DATASETS.register("ratings", "pyrotrain.models.sparse:make_ratings")
+    DATASETS.register("digits", "pyrotrain.models.neural:load_digits")
+    DATASETS.register("grouped", "pyrotrain.models.hierarchical:make_grouped")
 
 
 _register_builtins()

@@ -7,15 +7,17 @@ over all parameters, ``opt.step()``. Both run on one CPU thread, side by side wi
 interleaved repeats after a warm-up, on separate copies of the same parameters and
 gradients.
 
-On the largest shape the achieved memory bandwidth of the update is reported as a
-fraction of a plain ``Tensor.copy_`` moving the same number of bytes. The bytes
-counted are the logical minimum the update has to move: reading param, grad and
-state and writing param and state (ClippedAdam/DCTAdam: read p, g, m, v and write
-p, m, v = 7 arrays; AdagradRMSProp: read p, g, sum and write p, sum = 5 arrays).
+Times are medians over the repeats; the spread column is the interquartile range
+relative to the median. On the largest shape the achieved memory bandwidth of the
+update is reported as a fraction of a plain ``Tensor.copy_`` moving the same number
+of bytes (timed interleaved with the optimizers). The bytes counted are the logical
+minimum the update has to move: reading param, grad and state and writing param and
+state (ClippedAdam/DCTAdam: read p, g, m, v and write p, m, v = 7 arrays;
+AdagradRMSProp: read p, g, sum and write p, sum = 5 arrays).
 
 Usage::
 
-    python scripts/bench_optim.py [--quick] [--out bench/optim.json]
+    python scripts/bench_optim.py [--quick] [--out bench/optim.json] [--clock cpu]
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ OPTIMIZERS = {
     "DCTAdam": (PyroDCTAdam, DCTAdam, {}, 7),
 }
 SHAPES = [(1000, 10), (200, 100), (10, 100000)]
+# issue #6: minimum speedups over Pyro (one thread), and of copy bandwidth on the largest
+TARGETS = {(1000, 10): 5.0, (200, 100): 3.0, (10, 100000): 1.0}
+TARGET_BANDWIDTH_FRACTION = 0.6
 
 
 def make_params(n: int, m: int, seed: int, dct_dim: int | None = None) -> list[torch.Tensor]:
@@ -61,47 +66,53 @@ def make_params(n: int, m: int, seed: int, dct_dim: int | None = None) -> list[t
     return params
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+clock = CLOCKS["wall"]
+
+
 def time_steps(fn: Callable[[], None], steps: int) -> float:
-    t0 = time.perf_counter()
+    t0 = clock()
     for _ in range(steps):
         fn()
-    return (time.perf_counter() - t0) / steps * 1e3
+    return (clock() - t0) / steps * 1e3
 
 
-def bench_pair(
-    fn_a: Callable[[], None], fn_b: Callable[[], None], steps: int, repeats: int, warmup: int
-) -> tuple[list[float], list[float]]:
+def bench_interleaved(
+    fns: list[Callable[[], None]], steps: int, repeats: int, warmup: int
+) -> list[list[float]]:
+    """ms per call of each fn, over ``repeats`` rounds that interleave the fns."""
     for _ in range(warmup):
-        fn_a()
-        fn_b()
-    a, b = [], []
-    for r in range(repeats):
-        # alternate which one goes first so that drift affects both equally
-        if r % 2 == 0:
-            a.append(time_steps(fn_a, steps))
-            b.append(time_steps(fn_b, steps))
-        else:
-            b.append(time_steps(fn_b, steps))
-            a.append(time_steps(fn_a, steps))
-    return a, b
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    order = list(range(len(fns)))
+    for _ in range(repeats):
+        for k in order:
+            times[k].append(time_steps(fns[k], steps))
+        order.reverse()  # alternate who goes first, so that drift affects all alike
+    return times
 
 
-def copy_ms(total_bytes: int, dtype: torch.dtype, steps: int, repeats: int) -> list[float]:
+def make_copy(total_bytes: int, dtype: torch.dtype) -> Callable[[], None]:
+    """A plain tensor copy that reads and writes ``total_bytes`` in all."""
     itemsize = torch.empty((), dtype=dtype).element_size()
-    n = total_bytes // 2 // itemsize  # read n elements and write n elements
+    n = total_bytes // 2 // itemsize
     src = torch.randn(n, dtype=dtype)
     dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    return [time_steps(lambda: dst.copy_(src), steps) for _ in range(repeats)]
+    return lambda: dst.copy_(src)
 
 
 def summarize(xs: list[float]) -> dict:
+    q1, med, q3 = statistics.quantiles(xs, n=4) if len(xs) > 1 else (xs[0],) * 3
+    med = statistics.median(xs)
     return {
-        "median": statistics.median(xs),
+        "median": med,
+        "q1": q1,
+        "q3": q3,
         "min": min(xs),
         "max": max(xs),
-        "spread_pct": 100.0 * (max(xs) - min(xs)) / statistics.median(xs),
+        "iqr_pct": 100.0 * (q3 - q1) / med,
+        "times_ms": xs,
     }
 
 
@@ -112,14 +123,14 @@ def run_case(
     m: int,
     dct_dim: int | None,
     args: argparse.Namespace,
-    ours_kwargs: dict | None = None,
+    copy_arrays: int = 0,
 ) -> dict:
     pyro_cls, our_cls, optim_args, _ = OPTIMIZERS[name]
     pyro_params = make_params(n, m, 0, dct_dim)
     our_params = make_params(n, m, 0, dct_dim)
     pyro.clear_param_store()
     pyro_opt = pyro.optim.PyroOptim(pyro_cls, optim_args)
-    our_opt = our_cls(our_params, **optim_args, **(ours_kwargs or {}))
+    our_opt = our_cls(our_params, **optim_args)
 
     def pyro_step():
         pyro_opt(pyro_params)
@@ -127,10 +138,15 @@ def run_case(
     def our_step():
         our_opt.step()
 
+    fns = [pyro_step, our_step]
+    if copy_arrays:
+        # bandwidth reference, interleaved with the optimizers
+        total_bytes = copy_arrays * n * m * pyro_params[0].element_size()
+        fns.append(make_copy(total_bytes, pyro_params[0].dtype))
     steps = args.steps
-    pyro_ms, our_ms = bench_pair(pyro_step, our_step, steps, args.repeats, args.warmup)
-    p, o = summarize(pyro_ms), summarize(our_ms)
-    return {
+    times = bench_interleaved(fns, steps, args.repeats, args.warmup)
+    p, o = summarize(times[0]), summarize(times[1])
+    result = {
         "optimizer": name,
         "shape": label,
         "n_params": n,
@@ -142,6 +158,29 @@ def run_case(
         "ours_ms": o,
         "speedup": p["median"] / o["median"],
     }
+    target = TARGETS.get((n, m)) if dct_dim is None else None
+    if target is not None:
+        result["target_speedup"] = target
+        result["target_met"] = result["speedup"] >= target
+    if copy_arrays:
+        c = summarize(times[2])
+
+        def gbs(ms: float) -> float:
+            return total_bytes / (ms * 1e-3) / 1e9
+
+        result["bandwidth"] = {
+            "bytes_per_step": total_bytes,
+            "arrays": copy_arrays,
+            "copy_ms": c,
+            "copy_GBps": gbs(c["median"]),
+            "ours_GBps": gbs(o["median"]),
+            "pyro_GBps": gbs(p["median"]),
+            "ours_fraction_of_copy": c["median"] / o["median"],
+            "pyro_fraction_of_copy": c["median"] / p["median"],
+            "target_fraction": TARGET_BANDWIDTH_FRACTION,
+            "target_met": c["median"] / o["median"] >= TARGET_BANDWIDTH_FRACTION,
+        }
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,7 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench/optim.json", help="JSON output path")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall: elapsed time; cpu: this thread's CPU time (steadier on a busy machine)",
+    )
     args = parser.parse_args(argv)
+    global clock
+    clock = CLOCKS[args.clock]
     if args.repeats is None:
         args.repeats = 5 if args.quick else 15
     args.warmup = 3 if args.quick else 10
@@ -162,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     cases.append(("DCTAdam", 1, 10000, -1))
     for name, n, m, dct_dim in cases:
         label = f"{n}x{m}" + (f" dct{dct_dim}" if dct_dim is not None else "")
-        res = run_case(name, label, n, m, dct_dim, args)
+        arrays = OPTIMIZERS[name][3] if (n, m) == SHAPES[-1] and dct_dim is None else 0
+        res = run_case(name, label, n, m, dct_dim, args, copy_arrays=arrays)
         results.append(res)
         print(
             f"  {name:15s} {label:14s} pyro {res['pyro_ms']['median']:8.3f} ms"
@@ -170,40 +218,29 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
 
-    # DCT batching: many marked params sharing a time length
+    # DCT batching: several marked params sharing a time length
     batching = []
     for n, T in [(20, 200), (4, 10000)]:
-        row = {"shape": f"{n}x{T} dct-1"}
+        pyro_params = make_params(n, T, 0, -1)
+        pyro_opt = pyro.optim.PyroOptim(PyroDCTAdam, {})
+        fns = [lambda opt=pyro_opt, ps=pyro_params: opt(ps)]
         for batch in (True, False):
-            res = run_case("DCTAdam", row["shape"], n, T, -1, args, {"batch_dct": batch})
-            row["pyro_ms"] = res["pyro_ms"]
-            row["batched_ms" if batch else "unbatched_ms"] = res["ours_ms"]
-        batching.append(row)
-
-    # bandwidth on the largest shape
-    bandwidth = []
-    n, m = SHAPES[-1]
-    for res in results:
-        if res["shape"] != f"{n}x{m}":
-            continue
-        arrays = OPTIMIZERS[res["optimizer"]][3]
-        total_bytes = arrays * n * m * 4
-        cms = summarize(copy_ms(total_bytes, torch.float32, args.steps, args.repeats))
-        gbs = lambda ms: total_bytes / (ms * 1e-3) / 1e9  # noqa: E731
-        bandwidth.append(
+            fns.append(DCTAdam(make_params(n, T, 0, -1), batch_dct=batch).step)
+        times = bench_interleaved(fns, args.steps, args.repeats, args.warmup)
+        batching.append(
             {
-                "optimizer": res["optimizer"],
-                "shape": res["shape"],
-                "bytes_per_step": total_bytes,
-                "arrays": arrays,
-                "copy_ms": cms,
-                "copy_GBps": gbs(cms["median"]),
-                "ours_GBps": gbs(res["ours_ms"]["median"]),
-                "pyro_GBps": gbs(res["pyro_ms"]["median"]),
-                "ours_fraction_of_copy": cms["median"] / res["ours_ms"]["median"],
-                "pyro_fraction_of_copy": cms["median"] / res["pyro_ms"]["median"],
+                "shape": f"{n}x{T} dct-1",
+                "pyro_ms": summarize(times[0]),
+                "batched_ms": summarize(times[1]),
+                "unbatched_ms": summarize(times[2]),
             }
         )
+
+    bandwidth = [
+        {"optimizer": r["optimizer"], "shape": r["shape"], **r["bandwidth"]}
+        for r in results
+        if "bandwidth" in r
+    ]
 
     report = {
         "torch": torch.__version__,
@@ -213,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         "processor": platform.processor(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
+        "clock": args.clock,
         "quick": args.quick,
+        "load_average": os.getloadavg(),
         "results": results,
         "dct_batching": batching,
         "bandwidth": bandwidth,
@@ -228,6 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _target(r: dict) -> str:
+    if "target_speedup" not in r:
+        return "-"
+    return f">={r['target_speedup']:g}x " + ("met" if r["target_met"] else "NOT met")
+
+
 def _fmt_ms(s: dict) -> str:
     return f"{s['median']:.3f}"
 
@@ -240,14 +285,25 @@ def print_tables(report: dict) -> None:
             _fmt_ms(r["pyro_ms"]),
             _fmt_ms(r["ours_ms"]),
             f"{r['speedup']:.1f}x",
-            f"{r['pyro_ms']['spread_pct']:.0f}% / {r['ours_ms']['spread_pct']:.0f}%",
+            _target(r),
+            f"{r['pyro_ms']['iqr_pct']:.0f}% / {r['ours_ms']['iqr_pct']:.0f}%",
         ]
         for r in report["results"]
     ]
-    head = ["optimizer", "shape", "pyro ms/step", "ours ms/step", "speedup", "spread pyro/ours"]
+    head = [
+        "optimizer",
+        "shape",
+        "pyro ms/step",
+        "ours ms/step",
+        "speedup",
+        "target",
+        "IQR pyro/ours",
+    ]
     title = (
-        f"optimizer step, {report['threads']} thread(s), torch {report['torch']}, "
-        f"pyro {report['pyro']}, {report['cpu_capability']}"
+        f"optimizer step ({report['clock']} clock, median of {report['results'][0]['repeats']} "
+        "interleaved repeats), "
+        f"{report['threads']} thread(s), torch {report['torch']}, pyro {report['pyro']}, "
+        f"{report['cpu_capability']}, load avg {report['load_average'][0]:.1f}"
     )
     _table(title, head, rows)
     rows = [
@@ -271,10 +327,20 @@ def print_tables(report: dict) -> None:
             f"{r['ours_GBps']:.1f}",
             f"{r['ours_fraction_of_copy']:.0%}",
             f"{r['pyro_fraction_of_copy']:.0%}",
+            f">={r['target_fraction']:.0%} " + ("met" if r["target_met"] else "NOT met"),
         ]
         for r in report["bandwidth"]
     ]
-    head = ["optimizer", "shape", "bytes/step", "copy GB/s", "ours GB/s", "ours/copy", "pyro/copy"]
+    head = [
+        "optimizer",
+        "shape",
+        "bytes/step",
+        "copy GB/s",
+        "ours GB/s",
+        "ours/copy",
+        "pyro/copy",
+        "target",
+    ]
     _table("memory bandwidth on the largest shape", head, rows)
 
 
@@ -285,9 +351,9 @@ def _table(title: str, head: list[str], rows: list[list[str]]) -> None:
     except ImportError:
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
         print(f"\n{title}")
-        print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+        print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
         for r in rows:
-            print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
         return
     table = Table(title=title)
     for h in head:

@@ -19,6 +19,10 @@ OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml")
 # Options that need more than their own file to run.
 EXTRA = {
     ("model", "custom"): ["model.target=toy_models:NetRegression", "+model.hidden=4"],
+    ("data", "csv"): [
+        f"data.path={Path(__file__).parent / 'data' / 'small_regression.csv'}",
+        "data.target=y",
+    ],
     ("guide", "model"): ["model=custom", "model.target=toy_models:NetRegression"],
 }
 

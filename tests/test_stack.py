@@ -278,10 +278,19 @@ def test_groups_get_one_optimizer_each_first_match_wins():
     assert stack.describe()["weights"]["params"] == 4
 
 
-def test_params_created_later_join_their_group_and_absent_params_stay_put():
+@pytest.mark.parametrize(
+    "name,args",
+    [
+        ("adam", {"lr": 0.1}),
+        ("clipped_adam", {"lr": 0.1}),
+        ("dct_adam", {"lr": 0.1}),
+        ("adagrad_rmsprop", {"eta": 0.1}),
+    ],
+)
+def test_params_created_later_join_their_group_and_absent_params_stay_put(name, args):
     data = make_regression(size=20, features=1)
     model = LateParam(data, start=5)
-    stack = OptimizerStack.from_config(one_group("adam", lr=0.1))
+    stack = OptimizerStack.from_config(one_group(name, **args))
     batch = {"x": data.train["x"].float(), "y": data.train["y"].float() + 3.0}
     svi = SVI(model, lambda **kw: None, stack, Trace_ELBO())
     for _ in range(5):

@@ -23,9 +23,17 @@ per-parameter calls (the tests check this against Pyro's classes).
 
 Plans (bucket layout and flat buffers) are cached per param group. They are rebuilt
 when the group's param list changes, when a parameter gets its first gradient, or
-after ``load_state_dict()`` (which copies the loaded state into fresh buffers).
-Replacing entries of ``optimizer.state[p]`` by hand (rather than through
-``load_state_dict``) is not supported; modifying them in place is.
+after ``load_state_dict()``. Unlike torch's and Pyro's optimizers,
+``load_state_dict()`` copies the given tensors, so the source state dict (or the
+optimizer it came from) is never aliased. Replacing entries of
+``optimizer.state[p]`` by hand (rather than through ``load_state_dict``) is not
+supported; modifying them in place is. The ``step`` counters in the state are kept
+up to date on every step.
+
+These classes are meant to be used as one optimizer over many parameters; wrapped
+by ``pyro.optim.PyroOptim`` (one optimizer per parameter) they give the same results
+but are somewhat slower than Pyro's own classes. Equivalence is tested on CPU; on
+other devices the foreach kernels should round alike but this is not tested.
 """
 
 from __future__ import annotations
@@ -44,9 +52,9 @@ FALLBACK = -2
 
 # Parameters with at most this many elements are gathered into a flat scratch buffer.
 # Gathering costs one copy per step; list mode costs a few microseconds of per-tensor
-# dispatch per foreach call. The crossover on a single CPU thread is a few thousand
+# dispatch per foreach call. The crossover on a single CPU thread is between 1k and 4k
 # elements (see scripts/bench_optim.py).
-GATHER_MAX_NUMEL = 4096
+GATHER_MAX_NUMEL = 2048
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -108,7 +116,7 @@ class _Bucket:
         for key in keys:
             flat = torch.zeros(total, dtype=dtype, device=device)
             views = views_of(flat)
-            for st, v in zip(states, views):
+            for st, v in zip(states, views, strict=True):
                 src = st.get(key)
                 if src is not None:
                     v.copy_(src)
@@ -203,9 +211,15 @@ def per_step_values(steps: int | list[int], fn: Callable[[int], float]) -> float
 
 
 def clamp_(tensors: list[Tensor], clip_norm: float) -> None:
-    """``t.clamp_(-clip_norm, clip_norm)`` for each tensor (bitwise the same, NaN too)."""
-    torch._foreach_clamp_min_(tensors, -clip_norm)
-    torch._foreach_clamp_max_(tensors, clip_norm)
+    """``t.clamp_(-clip_norm, clip_norm)`` for each tensor (in place, as Pyro)."""
+    if len(tensors) <= 16:
+        # one pass over each tensor; the Python loop is cheap for few tensors
+        for t in tensors:
+            t.clamp_(-clip_norm, clip_norm)
+    else:
+        # two foreach passes, bitwise the same as clamp_ (NaN and min > max included)
+        torch._foreach_clamp_min_(tensors, -clip_norm)
+        torch._foreach_clamp_max_(tensors, clip_norm)
 
 
 def needs_clamp(flat: Tensor, clip_norm: float) -> bool:
@@ -243,8 +257,24 @@ class MultiTensorOptimizer(Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
-        # the next step copies the loaded state into fresh flat buffers
+        # torch's load_state_dict keeps the given tensors when dtype and device match;
+        # copy them so that this optimizer never shares state with the source. The next
+        # step packs the state into fresh flat buffers.
+        for state in self.state.values():
+            for key, value in state.items():
+                if isinstance(value, Tensor):
+                    state[key] = value.clone()
         self._invalidate()
+
+    #: instance attributes (tuning options) that pickling and deepcopy keep
+    _pickled_attrs: tuple[str, ...] = ("gather_max_numel",)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        for name in self._pickled_attrs:
+            if name in self.__dict__:
+                state[name] = self.__dict__[name]
+        return state
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
@@ -282,6 +312,8 @@ class MultiTensorOptimizer(Optimizer):
         """Split same-key params into buckets (default: gather mode for small params)."""
         small = [j for j, p in enumerate(params) if p.numel() <= self.gather_max_numel]
         large = [j for j, p in enumerate(params) if p.numel() > self.gather_max_numel]
+        if len(small) == 1:  # nothing to gather (e.g. one optimizer per param in PyroOptim)
+            small, large = [], sorted(small + large)
         out = []
         for sel, gather in ((small, True), (large, False)):
             if sel:
@@ -403,7 +435,7 @@ class MultiTensorOptimizer(Optimizer):
         active = [g is not None for g in grads]
         for i in special:
             active[i] = False
-        if any(a and m == NOT_MEMBER for a, m in zip(active, plan.member)):
+        if any(a and m == NOT_MEMBER for a, m in zip(active, plan.member, strict=True)):
             plan = self._build_plan(index, group, attrs, active)
         for b in plan.buckets:
             sel = [j for j, i in enumerate(b.index) if active[i]]
@@ -428,6 +460,30 @@ class MultiTensorOptimizer(Optimizer):
         for plan in self._plans.values():
             for b in plan.buckets:
                 b.d.share_memory_()
+
+
+def addcdiv_params_(
+    b: _Bucket,
+    sel: list[int] | None,
+    params: list[Tensor],
+    numerators: list[Tensor],
+    numerator_flat: Tensor | None,
+    denominators: list[Tensor],
+    values: float | list[float],
+) -> None:
+    """``p.addcdiv_(numerator, denominator, value=value)`` for each param.
+
+    For a whole gather-mode bucket with one common value this computes
+    ``value * numerator / denominator`` flat and adds it with one ``_foreach_add_``,
+    which is cheaper than ``_foreach_addcdiv_`` and rounds identically
+    (``addcdiv`` computes ``self + (value * t1) / t2``). ``numerator_flat`` and the
+    denominators (``b.d``) are then flat buffers of the bucket.
+    """
+    if sel is None and b.gather and numerator_flat is not None and isinstance(values, float):
+        torch.mul(numerator_flat, values, out=b.g).div_(b.d)
+        torch._foreach_add_(params, b.gviews)
+    else:
+        torch._foreach_addcdiv_(params, numerators, denominators, values)
 
 
 def adam_step_size(group: dict, beta1: float, beta2: float) -> Callable[[int], float]:
@@ -527,4 +583,3 @@ def adam_moments(
         d_views = torch._foreach_sqrt(v_views)
         torch._foreach_add_(d_views, eps)
     return params, m_views, d_views
-

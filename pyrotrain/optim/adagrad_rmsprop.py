@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._foreach import MultiTensorOptimizer, _Bucket, per_step_values
+from ._foreach import MultiTensorOptimizer, _Bucket, addcdiv_params_, per_step_values
 
 
 class AdagradRMSProp(MultiTensorOptimizer):
@@ -37,10 +37,11 @@ class AdagradRMSProp(MultiTensorOptimizer):
     :type delta: float
 
     Differences from Pyro: the update runs under ``torch.no_grad()`` on the parameters
-    themselves rather than on ``p.data`` (parameter version counters advance);
-    parameters added later with :meth:`add_param_group` get their state initialised
-    (Pyro's class raises ``KeyError`` for them); sparse gradients raise
-    ``NotImplementedError`` as in Pyro only on the per-parameter paths.
+    themselves rather than on ``p.data`` (parameter version counters advance, as with
+    ``torch.optim`` optimizers); parameters added later with :meth:`add_param_group`
+    get their state initialised (Pyro's class raises ``KeyError`` for them); sparse
+    gradients raise an error from torch (``RuntimeError`` or ``NotImplementedError``;
+    Pyro raises ``NotImplementedError``).
 
     References:
     [1] 'Automatic Differentiation Variational Inference', Alp Kucukelbir,
@@ -54,6 +55,8 @@ class AdagradRMSProp(MultiTensorOptimizer):
     """
 
     _flat_keys = ("sum",)
+    # list mode needs more per-tensor foreach calls here than in the Adam variants
+    gather_max_numel = 8192
 
     def __init__(self, params, eta: float = 1.0, delta: float = 1.0e-16, t: float = 0.1):
         defaults = dict(eta=eta, delta=delta, t=t)
@@ -108,6 +111,7 @@ class AdagradRMSProp(MultiTensorOptimizer):
             params, d_views = b.params, b.dviews
             lr = eta * (steps ** (-0.5 + delta))
             values: float | list[float] = -lr
+            g_flat = b.g if b.gather else None
         else:
             if sel is None:
                 sel = list(range(len(b)))
@@ -134,8 +138,9 @@ class AdagradRMSProp(MultiTensorOptimizer):
             torch._foreach_add_(d_views, 1.0)
             params = [b.params[j] for j in sel]
             values = per_step_values(steps, lambda k: -(eta * (k ** (-0.5 + delta))))
+            g_flat = None
         # p.data.addcdiv_(grad, 1.0 + std, value=-lr)
-        torch._foreach_addcdiv_(params, grads, d_views, values)
+        addcdiv_params_(b, sel, params, grads, g_flat, d_views, values)
 
     def _step_fallback(self, group: dict, p: Tensor) -> None:
         # Pyro's per-parameter loop body, for state this class did not lay out.

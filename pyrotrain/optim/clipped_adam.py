@@ -7,7 +7,14 @@ import math
 import torch
 from torch import Tensor
 
-from ._foreach import MultiTensorOptimizer, _Bucket, adam_moments, adam_step_size, per_step_values
+from ._foreach import (
+    MultiTensorOptimizer,
+    _Bucket,
+    adam_moments,
+    adam_step_size,
+    addcdiv_params_,
+    per_step_values,
+)
 
 
 class ClippedAdam(MultiTensorOptimizer):
@@ -48,7 +55,7 @@ class ClippedAdam(MultiTensorOptimizer):
 
     Differences from Pyro: the update runs under ``torch.no_grad()`` on the parameters
     themselves rather than on ``p.data``, so parameter version counters advance (as
-    with ``torch.optim`` optimizers); sparse gradients are not supported.
+    with ``torch.optim`` optimizers); sparse gradients are not supported (torch raises).
 
     **References**
 
@@ -103,7 +110,8 @@ class ClippedAdam(MultiTensorOptimizer):
             centered_variance=group["centered_variance"],
         )
         values = per_step_values(steps, adam_step_size(group, beta1, beta2))
-        torch._foreach_addcdiv_(params, m_views, d_views, values)
+        # p.data.addcdiv_(exp_avg, denom, value=-step_size)
+        addcdiv_params_(b, sel, params, m_views, b.flat["exp_avg"], d_views, values)
 
     def _step_fallback(self, group: dict, p: Tensor) -> None:
         # Pyro's per-parameter loop body, for state this class did not lay out.
