@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
+import traceback
 from pathlib import Path
 
 import hydra
@@ -22,7 +24,9 @@ from hydra.errors import (
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
+from rich.markup import escape
 
+from .distributed import START_TIME_VAR, is_main_process, launch_env, process_rank
 from .errors import PyrotrainError
 from .plots import plot_run
 from .trainer import train
@@ -43,6 +47,8 @@ def _job(cfg: DictConfig) -> float:
             raise
         # Exit here: an exception would make Hydra print its own report before ours.
         _report(str(exc))
+    if not is_main_process():  # rank 0 speaks for the job
+        return objective(summary, cfg.trainer.get("objective", "smoothed_loss"))
     console = Console()
     console.print(
         f"final loss {summary['final_loss']:.6g} (smoothed {summary['smoothed_loss']:.6g}) "
@@ -126,8 +132,59 @@ def user_error_message(exc: BaseException) -> str | None:
 
 
 def _report(message: str) -> None:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    rank = process_rank()
+    tag = escape(f"[rank {rank}] ") if rank else ""
+    Console(stderr=True).print(
+        f"[bold red]error:[/] {tag}{message}", highlight=False, soft_wrap=True
+    )
     sys.exit(EXIT_USAGE)
+
+
+# Under horovodrun every rank runs Hydra; these keep the others from writing in the run dir.
+_NON_MAIN_OVERRIDES = (
+    "hydra.output_subdir=null",  # no .hydra/
+    "hydra/job_logging=stdout",  # no pyrotrain.log
+    "hydra.job_logging.root.level=WARNING",  # warnings only, tagged [rank R] by the backend
+    "hydra.hydra_logging.root.level=WARNING",
+)
+
+
+def _start_distributed() -> None:
+    """Under horovodrun: initialise Horovod, agree on rank 0's start time (Hydra's run and sweep
+    dirs are named after it) and keep the other ranks from writing anything."""
+    start = time.time()
+    launch = launch_env()
+    if launch is not None:
+        from .distributed.horovod import share_start_time
+
+        start = share_start_time(start)
+        if launch.rank != 0:
+            keys = tuple(o.split("=")[0] for o in _NON_MAIN_OVERRIDES)
+            sys.argv[1:] = [a for a in sys.argv[1:] if not a.startswith(keys)]
+            sys.argv.extend(_NON_MAIN_OVERRIDES)
+            _skip_multirun_yaml()
+    os.environ[START_TIME_VAR] = repr(start)
+
+
+def _skip_multirun_yaml() -> None:
+    """Hydra's sweeper saves multirun.yaml in the sweep dir whatever the config says; rank 0's
+    copy is the one to keep."""
+    from hydra._internal.core_plugins import basic_sweeper
+    from hydra.core.plugins import Plugins
+    from omegaconf import OmegaConf
+
+    Plugins.instance()  # its plugin scan re-executes basic_sweeper: patch after it
+
+    class _NoSave:
+        def __getattr__(self, name: str):
+            return getattr(OmegaConf, name)
+
+        @staticmethod
+        def save(*args, **kwargs) -> None:
+            return None
+
+    if getattr(basic_sweeper, "OmegaConf", None) is OmegaConf:
+        basic_sweeper.OmegaConf = _NoSave()
 
 
 def main() -> None:
@@ -138,11 +195,29 @@ def main() -> None:
     user_wants_trace = _show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     # Hydra then re-raises instead of printing its own multi-paragraph report and exiting 1.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    launch = launch_env()
     try:
+        _start_distributed()
         _job()
     except Exception as exc:
         message = user_error_message(exc)
-        if message is None or user_wants_trace:
+        if user_wants_trace:
+            raise
+        if message is None and launch is not None and launch.size > 1:
+            # One rank down ends the job: this rank exits (horovodrun then stops the others, and
+            # their pending collectives fail) with a message that names it.
+            from .distributed.horovod import PeerFailure
+
+            if not isinstance(exc, PeerFailure):
+                traceback.print_exc()
+                message = f"rank {launch.rank} failed: {type(exc).__name__}: {exc}"
+            else:
+                message = str(exc)
+            Console(stderr=True).print(
+                f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True
+            )
+            sys.exit(1)
+        if message is None:
             raise
         _report(message)
     finally:

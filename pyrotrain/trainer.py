@@ -27,7 +27,7 @@ from rich.console import Console
 
 from .config import TrainerConfig, check_trainer_against_data, named_section, parse_section
 from .data import BatchOrder, Dataset
-from .distributed import build_backend
+from .distributed import build_backend, scale_learning_rates
 from .errors import PyrotrainError
 from .metrics import LOGGERS, MetricsSinks, ProgressDisplay, SmoothedLoss
 from .optim.stack import OptimizerStack, parse_groups
@@ -71,13 +71,18 @@ def torch_defaults(dtype: torch.dtype, device: torch.device) -> Iterator[None]:
     """Make tensors that models create with plain ``torch.zeros(...)`` match the run's settings."""
     old_dtype = torch.get_default_dtype()
     old_device = torch.get_default_device()
+    # A default device is a Python-level TorchFunctionMode that slows every torch call: install
+    # one only when the run's device differs, and never leave one behind for the CPU.
+    change_device = device != old_device
     torch.set_default_dtype(dtype)
-    torch.set_default_device(device)
+    if change_device:
+        torch.set_default_device(device)
     try:
         yield
     finally:
         torch.set_default_dtype(old_dtype)
-        torch.set_default_device(old_device)
+        if change_device:
+            torch.set_default_device(None if old_device.type == "cpu" else old_device)
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -168,6 +173,7 @@ def build(cfg: DictConfig) -> Run:
     # Check the optimizer stack's config before loading anything.
     specs, marks = parse_groups(cfg.get("optim"), cfg.get("scheduler"))
     backend = build_backend(cfg.get("distributed", "auto"))
+    scale_learning_rates(specs, backend.lr_scale)  # distributed.lr_scaling, x1 in one process
     logger, _ = named_section(cfg.get("logger", "jsonl"), "logger")
     if logger not in LOGGERS:
         raise PyrotrainError("unknown metrics logger", key="logger", value=logger, choices=LOGGERS)
@@ -180,6 +186,14 @@ def build(cfg: DictConfig) -> Run:
         data_kwargs["seed"] = seed
     data = call_with_kwargs(loader, data_kwargs, "data").to(device, dtype)
     check_trainer_against_data(trainer, data.size)
+    if backend.size > 1 and (trainer.batch_size or 0) > data.size // backend.size:
+        raise PyrotrainError(
+            f"each of the {backend.size} ranks trains on {data.size // backend.size} of the "
+            f"{data.size} rows, fewer than one batch",
+            key="trainer.batch_size",
+            value=trainer.batch_size,
+            hint=f"Use at most {data.size // backend.size} (batch_size is per rank)",
+        )
 
     with torch_defaults(dtype, device):
         model = _build_model(cfg.get("model"), data)
@@ -190,12 +204,11 @@ def build(cfg: DictConfig) -> Run:
             guide = MarkDCTParamMessenger(mark.plate)(guide)
 
     order = BatchOrder(data.size, trainer.batch_size, seed, backend.rank, backend.size)
-    total_steps = (
-        trainer.epochs * order.steps_per_epoch if trainer.epochs is not None else trainer.steps
-    )
+    steps_per_epoch = _steps_per_epoch(order, backend)
+    total_steps = trainer.epochs * steps_per_epoch if trainer.epochs is not None else trainer.steps
     if total_steps is None:
         raise PyrotrainError("set trainer.steps or trainer.epochs", key="trainer.steps", value=None)
-    total_epochs = trainer.epochs or math.ceil(total_steps / order.steps_per_epoch)
+    total_epochs = trainer.epochs or math.ceil(total_steps / steps_per_epoch)
     stack = OptimizerStack(specs, marks, total_steps=total_steps, total_epochs=total_epochs)
     return Run(
         cfg=cfg,
@@ -212,6 +225,12 @@ def build(cfg: DictConfig) -> Run:
         model_kwargs=_accepted_kwargs(model),
         logger=logger,
     )
+
+
+def _steps_per_epoch(order: BatchOrder, backend: Any) -> int:
+    """Optimizer steps per pass over this rank's rows (a step takes backward_passes_per_step
+    minibatches)."""
+    return math.ceil(order.steps_per_epoch / backend.backward_passes_per_step)
 
 
 def _versions() -> dict[str, str]:
@@ -272,6 +291,8 @@ class Trainer:
         pyro.set_rng_seed(run.seed)
         order = BatchOrder(run.data.size, t.batch_size, run.seed, backend.rank, backend.size)
         total = stack.total_steps
+        accumulate = backend.backward_passes_per_step
+        steps_per_epoch = _steps_per_epoch(order, backend)
         if self.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         metrics = MetricsSinks(self.run_dir if self.writes else None, (run.logger,))
@@ -284,15 +305,21 @@ class Trainer:
         loss = float("nan")
         try:
             for step in range(1, total + 1):
-                epoch, index = next(batches)
-                batch = self._batch(index)
-                with poutine.trace(param_only=True) as capture:
-                    loss = run.elbo.loss_and_grads(run.model, run.guide, **batch)
-                params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+                if step == 2:  # throughput leaves out the first step's one-time setup
+                    after_first = time.perf_counter()
+                params: set[torch.Tensor] = set()
+                losses, rows = 0.0, 0
+                for _ in range(accumulate):  # gradients add up in p.grad
+                    epoch, index = next(batches)
+                    batch = self._batch(index)
+                    with poutine.trace(param_only=True) as capture:
+                        losses += float(run.elbo.loss_and_grads(run.model, run.guide, **batch))
+                    params.update(s["value"].unconstrained() for s in capture.trace.nodes.values())
+                    rows += len(index)
                 if step == 1:
                     self._first_step(params)
-                backend.average_gradients(params)
-                loss = backend.average(float(loss))
+                # One collective: the mean gradient over ranks (and minibatches), the mean loss.
+                loss = backend.average_gradients(params, losses / accumulate)
                 log_now = step % t.log_every == 0 or step == total
                 norms = stack.grad_norms(params) if log_now else None
                 stack(params)
@@ -302,8 +329,8 @@ class Trainer:
                 stack.step(smoothed.value)
                 epoch_losses.append(loss)
                 window_losses.append(loss)
-                window_samples += len(index) * backend.size
-                if step % order.steps_per_epoch == 0:
+                window_samples += rows * backend.size
+                if step % steps_per_epoch == 0:
                     stack.end_epoch(sum(epoch_losses) / len(epoch_losses))
                     epoch_losses = []
                 if log_now:
@@ -327,17 +354,23 @@ class Trainer:
         finally:
             display.close()
             metrics.close()
-        wall = time.perf_counter() - start
-        evaluation = self._evaluate()
+        end = time.perf_counter()
+        wall = end - start
+        in_sync = backend.params_in_sync()
+        evaluation = self._evaluate()  # on every rank: the same numbers, for sweepers on each
+        timed_steps, timed = (total - 1, end - after_first) if total > 1 else (1, wall)
+        samples_per_rank = timed_steps * accumulate * (t.batch_size or order.rows_per_rank) / timed
         summary = {
             "final_loss": loss,
             "smoothed_loss": smoothed.value,
             "steps": total,
-            "epochs": math.ceil(total / order.steps_per_epoch),
+            "epochs": math.ceil(total / steps_per_epoch),
             "wall_time_s": wall,
             "steps_per_s": total / wall,
-            "samples_per_s_per_rank": total * (t.batch_size or order.rows_per_rank) / wall,
+            "samples_per_s_per_rank": samples_per_rank,
+            "samples_per_s": samples_per_rank * backend.size,
             "world_size": backend.size,
+            "params_in_sync": in_sync,
             "groups": stack.describe(),
             "lr": stack.lrs(),
             "eval": evaluation,

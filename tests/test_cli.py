@@ -71,7 +71,10 @@ def test_help_lists_groups_and_cfg_prints_config(cli):
 
 BAD_INPUTS = [
     (["trainer.steps=abc"], ["trainer.steps", "'abc'", "integer"]),
-    (["model=nope"], ["'model'", "'nope'", "Valid choices: custom, hierarchical, neural, regression"]),
+    (
+        ["model=nope"],
+        ["'model'", "'nope'", "Valid choices: custom, hierarchical, neural, regression"],
+    ),
     (["trainer.device=tpu"], ["trainer.device", "'tpu'", "Valid choices: cpu, cuda, auto"]),
     (["trainer.steps=0"], ["trainer.steps", "at least 1"]),
     (["optim.lr=-1"], ["optim.groups.all.optimizer.lr", "-1", "positive"]),

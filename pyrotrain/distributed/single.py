@@ -13,15 +13,21 @@ class SingleProcess:
     size = 1
     is_main = True
     name = "none"
+    backward_passes_per_step = 1
+    lr_scale = 1.0
 
     def broadcast_parameters(self, params: Iterable[torch.Tensor]) -> None:
         pass
 
-    def average_gradients(self, params: Iterable[torch.Tensor]) -> None:
-        pass
+    def average_gradients(self, params: Iterable[torch.Tensor], loss: float = 0.0) -> float:
+        """Leave the gradients as they are; return ``loss`` (the mean over one process)."""
+        return loss
 
     def average(self, value: float) -> float:
         return value
 
     def barrier(self) -> None:
         pass
+
+    def params_in_sync(self) -> bool:
+        return True

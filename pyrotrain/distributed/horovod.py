@@ -1,0 +1,449 @@
+"""The Horovod backend: N processes started by ``horovodrun``, one optimizer step in lockstep.
+
+Every rank builds the same run from the same config and seed, trains on its own shard of the rows
+(:class:`~pyrotrain.data.BatchOrder`), and after each backward pass the ranks agree on one gradient
+per parameter, so every rank takes the same optimizer step and the parameters never drift apart.
+
+Gradients travel as ONE buffer per dtype per step (``allreduce: fused``, the default): the
+gradients of the step's parameters, in the order of their Pyro names, are copied into a flat buffer,
+reduced with a single Horovod allreduce and handed back to the parameters as views of the result.
+The same buffer carries the step's loss, one "has a gradient" flag per parameter and a fingerprint
+of the parameter layout, so the reported loss (which plateau schedulers see) is the ranks' mean
+without a collective of its own, a parameter whose gradient is None on some ranks gets the mean of
+the others' with zeros from those (as in ``hvd.DistributedOptimizer``) while one with no gradient
+anywhere stays None, and ranks whose traces hold different parameters fail loudly instead of
+mixing up gradients. With fp16 compression or Adasum those values travel in a second, float64
+allreduce submitted in the same Horovod cycle. ``allreduce: grouped`` (``hvd.grouped_allreduce``)
+and ``allreduce: per_tensor`` (one allreduce per parameter, as ``hvd.DistributedOptimizer`` and
+``pyro.optim.HorovodOptimizer`` do) hand the tensors to Horovod's own fusion buffer instead;
+``scripts/bench_scaling.py`` measures the three.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import time
+import warnings
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, fields
+from typing import Any
+
+import pyro
+import torch
+
+from ..errors import PyrotrainError
+
+COMPRESSIONS = ("none", "fp16")
+OPS = ("average", "sum", "adasum")
+LR_SCALINGS = ("none", "linear", "sqrt")
+ALLREDUCES = ("fused", "grouped", "per_tensor")
+POLL_INTERVAL_S = float(os.environ.get("PYROTRAIN_HOROVOD_POLL_US", "50")) * 1e-6
+
+
+class PeerFailure(RuntimeError):
+    """A collective failed because another rank stopped (its own message says why)."""
+
+
+@dataclass(frozen=True)
+class HorovodSettings:
+    """The keys of ``conf/distributed/horovod.yaml`` (and ``auto.yaml``), validated."""
+
+    compression: str = "none"
+    op: str = "average"
+    backward_passes_per_step: int = 1
+    gradient_predivide_factor: float = 1.0
+    lr_scaling: str = "none"
+    allreduce: str = "fused"
+
+    @classmethod
+    def parse(cls, kwargs: dict[str, Any]) -> HorovodSettings:
+        names = [f.name for f in fields(cls)]
+        for key, value in kwargs.items():
+            if key not in names:
+                raise PyrotrainError(
+                    f"'{key}' is not a distributed setting",
+                    key=f"distributed.{key}",
+                    value=value,
+                    choices=["name", *names],
+                )
+        s = cls(**kwargs)
+        for key, choices in (
+            ("compression", COMPRESSIONS),
+            ("op", OPS),
+            ("lr_scaling", LR_SCALINGS),
+            ("allreduce", ALLREDUCES),
+        ):
+            value = getattr(s, key)
+            if value not in choices:
+                raise PyrotrainError(
+                    "not a valid choice", key=f"distributed.{key}", value=value, choices=choices
+                )
+        bpps = s.backward_passes_per_step
+        if isinstance(bpps, bool) or not isinstance(bpps, int) or bpps < 1:
+            raise PyrotrainError(
+                "backward_passes_per_step must be an integer of at least 1 (local minibatches "
+                "whose gradients are accumulated before each allreduce and optimizer step)",
+                key="distributed.backward_passes_per_step",
+                value=bpps,
+            )
+        f = s.gradient_predivide_factor
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not f > 0:
+            raise PyrotrainError(
+                "gradient_predivide_factor must be a positive number",
+                key="distributed.gradient_predivide_factor",
+                value=f,
+            )
+        if f != 1 and s.op != "average":
+            raise PyrotrainError(
+                "gradient_predivide_factor splits an average, so it needs op=average",
+                key="distributed.gradient_predivide_factor",
+                value=f,
+                hint=f"Set distributed.op=average or leave the factor at 1 (op is '{s.op}')",
+            )
+        return s
+
+    def lr_factor(self, world_size: int) -> float:
+        return {"none": 1.0, "linear": float(world_size), "sqrt": math.sqrt(world_size)}[
+            self.lr_scaling
+        ]
+
+
+def import_horovod(reason: str) -> Any:
+    try:
+        import horovod.torch as hvd
+    except ImportError as e:
+        raise PyrotrainError(
+            f"{reason}, but horovod.torch cannot be imported ({e})",
+            key="distributed",
+            hint="Install it with `make install` (scripts/install_horovod.sh), or run with "
+            "distributed=none outside horovodrun",
+        ) from e
+    return hvd
+
+
+def initialise(reason: str = "Horovod was requested") -> Any:
+    """Import and initialise Horovod once per process; return ``horovod.torch``."""
+    hvd = import_horovod(reason)
+    if not hvd.is_initialized():
+        hvd.init()
+    return hvd
+
+
+def share_start_time(start: float) -> float:
+    """Rank 0's start time on every rank (collective: every rank must call it)."""
+    hvd = initialise("this process was started by horovodrun")
+    with _collective(hvd.rank()):
+        return float(hvd.broadcast_object(start, root_rank=0, name="pyrotrain.start_time"))
+
+
+@contextlib.contextmanager
+def _collective(rank: int) -> Iterator[None]:
+    """Turn Horovod's "has been shut down" into a one-line PeerFailure."""
+    try:
+        yield
+    except Exception as e:  # HorovodInternalError, or RuntimeError raised from the C++ side
+        if "shut down" in str(e) or "shutdown" in str(e):
+            raise PeerFailure(
+                f"rank {rank} stopped: another rank failed, so Horovod shut down "
+                "(the failing rank's message is above)"
+            ) from e
+        raise
+
+
+class _RankTag(logging.Filter):
+    """Prefixes every log record of a non-main rank with ``[rank R]``."""
+
+    def __init__(self, rank: int):
+        super().__init__()
+        self.prefix = f"[rank {rank}] "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.prefix):
+            record.msg = f"{self.prefix}{record.msg}"
+        return True
+
+
+def tag_rank_output(rank: int) -> None:
+    """Tag this rank's log records and warnings with its rank (idempotent)."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if not any(isinstance(f, _RankTag) for f in handler.filters):
+            handler.addFilter(_RankTag(rank))
+    if not getattr(warnings.formatwarning, "_pyrotrain_rank", None) == rank:
+        plain = getattr(warnings.formatwarning, "_pyrotrain_plain", warnings.formatwarning)
+
+        def formatwarning(*args: Any, **kwargs: Any) -> str:
+            return f"[rank {rank}] " + plain(*args, **kwargs)
+
+        formatwarning._pyrotrain_rank = rank  # type: ignore[attr-defined]
+        formatwarning._pyrotrain_plain = plain  # type: ignore[attr-defined]
+        warnings.formatwarning = formatwarning
+
+
+@dataclass
+class _Layout:
+    """This step's parameters in name order, split by dtype, and their fingerprint."""
+
+    names: list[str]
+    params: list[torch.Tensor]
+    by_dtype: list[tuple[str, list[int]]]  # (dtype name, positions in params)
+    fingerprint: float
+
+
+def _layout(params: Iterable[torch.Tensor]) -> _Layout:
+    store = pyro.get_param_store()
+    named = sorted(((store.param_name(p), p) for p in params), key=lambda t: t[0])
+    names = [n for n, _ in named]
+    ps = [p for _, p in named]
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(ps):
+        groups.setdefault(str(p.dtype).replace("torch.", ""), []).append(i)
+    text = ";".join(f"{n}:{tuple(p.shape)}:{p.dtype}" for n, p in named)
+    # A small integer: exact in a float32 buffer when averaged, and a layout mismatch moves the
+    # average by at least 1 / ranks.
+    fingerprint = float(zlib.crc32(text.encode()) % 1021)
+    return _Layout(names, ps, sorted(groups.items()), fingerprint)
+
+
+class HorovodBackend:
+    """Horovod over Gloo, MPI or NCCL; one instance per job, Horovod initialised once per process.
+
+    :param settings: the validated ``distributed`` section.
+    """
+
+    name = "horovod"
+
+    def __init__(self, settings: HorovodSettings | None = None):
+        self.settings = settings or HorovodSettings()
+        hvd = self.hvd = initialise()
+        self.rank, self.size = hvd.rank(), hvd.size()
+        self.local_rank, self.local_size = hvd.local_rank(), hvd.local_size()
+        self.is_main = self.rank == 0
+        s = self.settings
+        if s.op == "adasum" and not hvd.mpi_enabled():
+            raise PyrotrainError(
+                "Horovod's Adasum needs Horovod built with MPI; this one uses Gloo",
+                key="distributed.op",
+                value=s.op,
+                choices=["average", "sum"],
+                hint="Rebuild with HOROVOD_WITH_MPI=1 scripts/install_horovod.sh "
+                "(see its header), or use op=average",
+            )
+        self.backward_passes_per_step = s.backward_passes_per_step
+        self.lr_scale = s.lr_factor(self.size)
+        self._op = {"average": hvd.Average, "sum": hvd.Sum, "adasum": hvd.Adasum}[s.op]
+        self._compression = hvd.Compression.fp16 if s.compression == "fp16" else None
+        # Accumulated gradients become a mean over the local minibatches (in Pyro each one is
+        # already an estimate of the full-data gradient); gradient_predivide_factor f splits an
+        # average into x 1/f before the sum and x f/size after it, as hvd.DistributedOptimizer.
+        local = 1.0 / s.backward_passes_per_step
+        self._pre, self._post = local / s.gradient_predivide_factor, s.gradient_predivide_factor
+        if s.op == "adasum":  # Adasum takes no scale factors: scale before it
+            self._prescale, self._postscale, self._local_scale = 1.0, 1.0, local
+        else:
+            self._prescale, self._postscale, self._local_scale = self._pre, self._post, 1.0
+        # The usual case (fused; average or sum; no compression) takes ONE allreduce per step:
+        # the loss and the flags ride at the end of the gradient buffer.
+        self._packed = s.allreduce == "fused" and s.op != "adasum" and s.compression == "none"
+        self._layout_key: frozenset | None = None
+        self._layout: _Layout | None = None
+        if torch.cuda.is_available():
+            torch.cuda.set_device(self.local_rank)
+        if "OMP_NUM_THREADS" not in os.environ:
+            # N ranks on one host share its cores; torch's default of one thread per core each
+            # would oversubscribe them N times.
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.local_size))
+        if not self.is_main:
+            tag_rank_output(self.rank)
+
+    # -- the backend interface ------------------------------------------------------------------
+
+    @torch.no_grad()
+    def broadcast_parameters(self, params: Iterable[torch.Tensor]) -> None:
+        """Overwrite every rank's parameters with rank 0's, in name order."""
+        if self.size == 1:
+            return
+        layout = _layout(params)
+        hvd = self.hvd
+        with _collective(self.rank):
+            handles = [
+                hvd.broadcast_async_(p.data, root_rank=0, name=f"pyrotrain.param.{name}")
+                for name, p in zip(layout.names, layout.params, strict=True)
+            ]
+            for h in handles:
+                self._wait(h)
+
+    @torch.no_grad()
+    def average_gradients(self, params: Iterable[torch.Tensor], loss: float = 0.0) -> float:
+        """Reduce the gradients of ``params`` over the ranks (in place); return the mean loss."""
+        params = params if isinstance(params, (set, frozenset)) else set(params)
+        if self.size == 1:  # nothing to agree on; only the minibatches' mean to take
+            if self.backward_passes_per_step > 1:
+                for p in params:
+                    if p.grad is not None:
+                        p.grad.div_(self.backward_passes_per_step)
+            return float(loss)
+        key = frozenset(params)
+        if key != self._layout_key:
+            self._layout_key, self._layout = key, _layout(params)
+        layout = self._layout
+        hvd = self.hvd
+        grads = [p.grad for p in layout.params]
+        meta = torch.tensor(
+            [float(loss), layout.fingerprint, *(g is not None for g in grads)],
+            dtype=torch.float64,
+        )
+        grads = [
+            g if g is not None else torch.zeros_like(p)
+            for g, p in zip(grads, layout.params, strict=True)
+        ]
+        with _collective(self.rank):
+            if self._packed:
+                reduced, mean = self._fused_packed(layout, grads, meta)
+            else:
+                reduce = {
+                    "fused": self._fused,
+                    "grouped": self._grouped,
+                    "per_tensor": self._per_tensor,
+                }[self.settings.allreduce]
+                pending = reduce(layout, grads)
+                meta_handle = hvd.allreduce_async_(meta, name="pyrotrain.meta", op=hvd.Sum)
+                reduced = pending()
+                mean = self._wait(meta_handle) / self.size
+        if abs(mean[1].item() - layout.fingerprint) > 0.01:
+            raise RuntimeError(
+                f"rank {self.rank}: the ranks' traces hold different parameters this step "
+                f"(this rank: {', '.join(layout.names)}); every rank must create and use the "
+                "same Pyro parameters"
+            )
+        has_grad = (mean[2:] > 0).tolist()
+        for p, g, keep in zip(layout.params, reduced, has_grad, strict=True):
+            p.grad = g.view_as(p) if keep else None
+        return mean[0].item()
+
+    def average(self, value: float) -> float:
+        with _collective(self.rank):
+            t = torch.tensor([float(value)], dtype=torch.float64)
+            return self.hvd.allreduce(t, name="pyrotrain.average", op=self.hvd.Average).item()
+
+    def barrier(self) -> None:
+        with _collective(self.rank):
+            self.hvd.barrier()
+
+    def params_in_sync(self) -> bool:
+        """Whether every rank holds bitwise the same Pyro parameters (one small allgather)."""
+        digest = hashlib.sha1()
+        for name, p in sorted(pyro.get_param_store().named_parameters()):
+            digest.update(name.encode())
+            digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+        with _collective(self.rank):
+            digests = self.hvd.allgather_object(digest.hexdigest(), name="pyrotrain.digest")
+        return len(set(digests)) == 1
+
+    # -- the three ways to hand gradients to Horovod ----------------------------------------------
+
+    def _wait(self, handle: Any) -> Any:
+        """``hvd.synchronize``, without its 1 ms sleeps between polls (most of a small step's
+        communication time): poll every ~50 µs instead."""
+        poll = self.hvd.poll
+        while not poll(handle):
+            time.sleep(POLL_INTERVAL_S)
+        return self.hvd.synchronize(handle)
+
+    def _compress(self, t: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        if self._local_scale != 1.0:
+            t = t * self._local_scale
+        if self._compression is None:
+            return t, None
+        return self._compression.compress(t)
+
+    def _decompress(self, t: torch.Tensor, ctx: Any) -> torch.Tensor:
+        return t if self._compression is None else self._compression.decompress(t, ctx)
+
+    def _allreduce_async(self, t: torch.Tensor, name: str) -> Any:
+        return self.hvd.allreduce_async_(
+            t, name=name, op=self._op, prescale_factor=self._prescale,
+            postscale_factor=self._postscale,
+        )  # fmt: skip
+
+    def _fused_packed(
+        self, layout: _Layout, grads: list[torch.Tensor], meta: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """One allreduce per dtype, the loss and flags riding at the end of the first buffer.
+
+        Horovod's scale factors would scale them too, so the gradients are scaled here instead.
+        """
+        started = []
+        for j, (dtype, idx) in enumerate(layout.by_dtype):
+            parts = [grads[i].reshape(-1) for i in idx]
+            n_grad = sum(t.numel() for t in parts)
+            flat = torch.cat(parts + ([meta.to(parts[0].dtype)] if j == 0 else []))
+            if self._pre != 1.0:
+                flat[:n_grad].mul_(self._pre)
+            handle = self.hvd.allreduce_async_(flat, name=f"pyrotrain.grads.{dtype}", op=self._op)
+            started.append((idx, n_grad, handle))
+        out: list[Any] = [None] * len(grads)
+        mean = meta
+        for j, (idx, n_grad, handle) in enumerate(started):
+            flat = self._wait(handle)
+            if self._post != 1.0:
+                flat[:n_grad].mul_(self._post)
+            for i, g in zip(idx, flat[:n_grad].split([grads[i].numel() for i in idx]), strict=True):
+                out[i] = g
+            if j == 0:
+                mean = flat[n_grad:].to(torch.float64)
+                if self.settings.op == "sum":
+                    mean /= self.size
+        return out, mean
+
+    def _fused(self, layout: _Layout, grads: list[torch.Tensor]):
+        started = []
+        for dtype, idx in layout.by_dtype:
+            flat = torch.cat([grads[i].reshape(-1) for i in idx])
+            buf, ctx = self._compress(flat)
+            started.append((idx, buf, ctx, self._allreduce_async(buf, f"pyrotrain.grads.{dtype}")))
+
+        def finish() -> list[torch.Tensor]:
+            out: list[Any] = [None] * len(grads)
+            for idx, _buf, ctx, handle in started:
+                flat = self._decompress(self._wait(handle), ctx)
+                for i, g in zip(idx, flat.split([grads[i].numel() for i in idx]), strict=True):
+                    out[i] = g
+            return out
+
+        return finish
+
+    def _grouped(self, layout: _Layout, grads: list[torch.Tensor]):
+        started = []
+        for dtype, idx in layout.by_dtype:
+            packed = [self._compress(grads[i]) for i in idx]
+            handle = self.hvd.grouped_allreduce_async_(
+                [t for t, _ in packed], name=f"pyrotrain.grads.{dtype}", op=self._op,
+                prescale_factor=self._prescale, postscale_factor=self._postscale,
+            )  # fmt: skip
+            started.append((idx, [c for _, c in packed], handle))
+
+        def finish() -> list[torch.Tensor]:
+            out: list[Any] = [None] * len(grads)
+            for idx, ctxs, handle in started:
+                for i, t, ctx in zip(idx, self._wait(handle), ctxs, strict=True):
+                    out[i] = self._decompress(t, ctx)
+            return out
+
+        return finish
+
+    def _per_tensor(self, layout: _Layout, grads: list[torch.Tensor]):
+        started = []
+        for name, g in zip(layout.names, grads, strict=True):
+            t, ctx = self._compress(g)
+            started.append((ctx, self._allreduce_async(t, f"pyrotrain.grad.{name}")))
+
+        def finish() -> list[torch.Tensor]:
+            return [self._decompress(self._wait(h), ctx) for ctx, h in started]
+
+        return finish

@@ -1,0 +1,390 @@
+"""``horovodrun -np 2 pyrotrain ...`` for real: outputs, equivalence with one process, errors.
+
+Every test that launches horovodrun starts two ranks on this machine over Gloo (about 8 s each). A
+``sitecustomize`` put on the ranks' PYTHONPATH records every file that a non-main rank opens for
+writing under the test's directory, so "rank 1 writes nothing" is checked, not assumed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+from pyrotrain.data import BatchOrder
+from pyrotrain.errors import PyrotrainError
+
+TESTS = Path(__file__).parent
+BIN = Path(sys.executable).parent
+HOROVODRUN = BIN / "horovodrun"
+PYROTRAIN = BIN / "pyrotrain"
+
+pytestmark = [
+    pytest.mark.horovod,
+    pytest.mark.skipif(
+        importlib.util.find_spec("horovod") is None or not HOROVODRUN.exists(),
+        reason="horovod is not installed in this environment (make install builds it)",
+    ),
+]
+
+# Records, per non-main rank, the files it opens for writing under PYROTRAIN_TEST_WATCH.
+SITECUSTOMIZE = """
+import os, sys
+_rank = os.environ.get("HOROVOD_RANK")
+_watch = os.environ.get("PYROTRAIN_TEST_WATCH")
+if _watch and _rank not in (None, "0"):
+    _writes = []
+    _flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND
+
+    def _hook(event, args):
+        if event != "open" or not isinstance(args[0], (str, bytes, os.PathLike)):
+            return
+        path, mode, flags = args
+        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+            isinstance(flags, int) and flags & _flags
+        )
+        if writing and os.path.abspath(os.fsdecode(path)).startswith(_watch):
+            _writes.append(os.fsdecode(path))
+
+    sys.addaudithook(_hook)
+
+    import atexit
+
+    @atexit.register
+    def _dump():
+        with open(os.environ["PYROTRAIN_TEST_WRITES"] + "." + _rank, "w") as f:
+            f.write("\\n".join(_writes))
+"""
+
+COMMON = [
+    "data=synthetic_regression",
+    "data.size=1000",  # 800 training rows: 400 per rank
+    "trainer.dtype=float64",
+    "trainer.progress=none",
+    "trainer.eval_num_samples=5",
+]
+
+
+class Result:
+    def __init__(self, rc: int, out: str, wall: float, writes: dict[int, list[str]]):
+        self.returncode, self.output, self.wall, self.writes = rc, out, wall, writes
+
+
+def hvdrun(tmp: Path, *args: str, cwd: Path, np: int = 2, timeout: float = 120) -> Result:
+    """``horovodrun -np 2 -H localhost:2 pyrotrain ARGS`` in ``cwd``; a hang fails the test."""
+    hook = tmp / "hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    writes = tmp / "writes"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(hook), str(TESTS), str(cwd)]),
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+        "PYROTRAIN_TEST_WATCH": str(cwd),
+        "PYROTRAIN_TEST_WRITES": str(writes),
+    }
+    env.pop("HYDRA_FULL_ERROR", None)
+    cmd = [str(HOROVODRUN), "-np", str(np), "-H", f"localhost:{np}", str(PYROTRAIN), *args]
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # horovodrun stops its workers on SIGTERM (and they die with it in any case)
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+        pytest.fail(f"horovodrun hung for {timeout} s:\n{out[-4000:]}")
+    wall = time.perf_counter() - start
+    recorded = {}
+    for rank in range(1, np):
+        path = Path(f"{writes}.{rank}")
+        if path.exists():
+            recorded[rank] = [w for w in path.read_text().splitlines() if w]
+            path.unlink()
+    return Result(proc.returncode, out, wall, recorded)
+
+
+def _params(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=False)["params"]
+
+
+def _train_one_process(overrides: list[str]) -> dict[str, torch.Tensor]:
+    import pyrotrain
+
+    summary = pyrotrain.train(pyrotrain.compose(overrides))
+    assert summary["world_size"] == 1
+    store = pyro.get_param_store()
+    return {k: store.get_state()["params"][k].detach().clone() for k in store.keys()}
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+# -- sharding -----------------------------------------------------------------------------------
+
+
+def test_rank_shards_are_disjoint_and_their_union_is_the_big_batch():
+    n, batch, seed = 803, 25, 7
+    ranks = [BatchOrder(n, batch, seed, rank, 2) for rank in range(2)]
+    one = BatchOrder(n, 2 * batch, seed)
+    for epoch in range(3):
+        shards = [torch.cat(o.epoch(epoch)) for o in ranks]
+        assert len(shards[0]) == len(shards[1]) == n // 2
+        assert not set(shards[0].tolist()) & set(shards[1].tolist())
+        # step s of 2 ranks with batch B sees the rows of step s of one process with batch 2B
+        for s, big in enumerate(one.epoch(epoch)[: ranks[0].steps_per_epoch - 1]):
+            mine = torch.cat([o.epoch(epoch)[s] for o in ranks])
+            assert sorted(mine.tolist()) == sorted(big.tolist())
+    assert not torch.equal(torch.cat(ranks[0].epoch(0)), torch.cat(ranks[0].epoch(1)))
+
+
+# -- config checks (no horovodrun) ---------------------------------------------------------------
+
+BAD_SETTINGS = [
+    ({"compression": "gzip"}, ["distributed.compression", "'gzip'", "none, fp16"]),
+    ({"op": "max"}, ["distributed.op", "'max'", "average, sum, adasum"]),
+    ({"lr_scaling": "cubic"}, ["distributed.lr_scaling", "'cubic'", "none, linear, sqrt"]),
+    ({"allreduce": "ring"}, ["distributed.allreduce", "fused, grouped, per_tensor"]),
+    ({"backward_passes_per_step": 0}, ["distributed.backward_passes_per_step", "0"]),
+    ({"gradient_predivide_factor": -1}, ["distributed.gradient_predivide_factor", "-1"]),
+    ({"gradient_predivide_factor": 2.0, "op": "sum"}, ["op=average", "'sum'"]),
+    ({"bogus": 1}, ["distributed.bogus", "Valid choices: name, compression"]),
+]
+
+
+@pytest.mark.parametrize("settings,expected", BAD_SETTINGS, ids=[str(s) for s, _ in BAD_SETTINGS])
+def test_bad_distributed_settings_name_key_value_and_choices(settings, expected):
+    from pyrotrain.distributed import build_backend
+
+    for name in ("auto", "horovod"):  # checked even when auto runs one process
+        with pytest.raises(PyrotrainError) as e:
+            build_backend({"name": name, **settings})
+        for text in expected:
+            assert text in str(e.value), (text, str(e.value))
+
+
+def test_lr_scaling_multiplies_every_groups_lr_or_eta():
+    from pyrotrain.distributed import scale_learning_rates
+    from pyrotrain.optim.stack import parse_groups
+
+    specs, _ = parse_groups(
+        {
+            "groups": {
+                "a": {"params": ["a*"], "optimizer": {"name": "adam", "lr": 0.01}},
+                "b": {"params": ["b*"], "optimizer": {"name": "adagrad_rmsprop", "eta": 0.5}},
+                "c": {"params": ["c*"], "optimizer": {"name": "sgd", "lr": 0.1}, "frozen": True},
+                "d": {"params": ["*"], "optimizer": {"name": "adam"}},  # torch's default 0.001
+            }
+        }
+    )
+    scale_learning_rates(specs, 4.0)
+    args = {s.name: s.optimizer_args for s in specs}
+    assert args["a"]["lr"] == pytest.approx(0.04) and args["b"]["eta"] == pytest.approx(2.0)
+    assert args["c"]["lr"] == 0.1 and args["d"]["lr"] == pytest.approx(0.004)
+
+
+# -- horovodrun ----------------------------------------------------------------------------------
+
+
+def test_two_ranks_train_like_one_process_with_twice_the_batch(tmp_path):
+    """SGD with momentum: 2 ranks x 50 rows = 1 process x 100 rows (the union of the shards).
+
+    Fails if gradients were not averaged (or summed instead), if the shards overlapped, or if the
+    ranks started from different parameters. Every rank draws the same Monte-Carlo samples of the
+    global latents, which is what makes the two runs agree to rounding error.
+    """
+    cwd = tmp_path / "job"
+    cwd.mkdir()
+    args = [*COMMON, "optim=sgd", "optim.lr=1e-4", "trainer.steps=30", "seed=3"]
+    # microseconds in the dir name: ranks that disagreed on the start time would make two dirs
+    r = hvdrun(
+        tmp_path,
+        *args,
+        "trainer.batch_size=50",
+        "hydra.run.dir=outputs/${pyrotrain_start:%Y-%m-%d_%H-%M-%S-%f}",
+        cwd=cwd,
+    )
+    assert r.returncode == 0, r.output
+    runs = list((cwd / "outputs").iterdir())
+    assert len(runs) == 1 and [p.name for p in cwd.iterdir()] == ["outputs"], runs
+    run = runs[0]
+    for name in ("metrics.jsonl", "params.pt", "summary.json", "pyrotrain.log", ".hydra"):
+        assert (run / name).exists(), name
+    assert r.writes == {1: []}, r.writes  # rank 1 opened no file for writing
+    assert "[1]<stdout>" not in r.output  # nor printed anything
+    assert "final loss" in r.output and "run dir: " in r.output
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["params_in_sync"] is True
+    assert summary["samples_per_s"] == pytest.approx(2 * summary["samples_per_s_per_rank"])
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [10, 20, 30]
+
+    distributed = _params(run / "params.pt")
+    big_batch = _train_one_process([*args, "trainer.batch_size=100"])
+    small_batch = _train_one_process([*args, "trainer.batch_size=50"])
+    assert _max_diff(distributed, big_batch) < 1e-9
+    assert _max_diff(distributed, small_batch) > 1e-3  # the check above can tell them apart
+
+
+def test_multi_group_stack_with_dct_adam_matches_one_process(tmp_path):
+    """Three groups (DCTAdam on a DCT-marked weight, AdagradRMSProp with clipping, Adam), a
+    plateau scheduler, lr_scaling=linear and backward_passes_per_step=2, against one process that
+    has the doubled learning rates and all 100 rows of each step. AutoDelta samples nothing, so
+    the two runs agree to rounding error only if clipping follows averaging, the scheduler sees
+    the same loss, and the lrs are scaled."""
+    stack = [
+        "guide=auto_delta",
+        "optim=multi",
+        "optim.groups.locs.params=[AutoDelta.weight]",
+        "optim.groups.scales.params=[AutoDelta.sigma]",
+        "+optim.groups.scales.clip.norm=0.5",
+        "optim.groups.weights.params=[AutoDelta.bias]",
+        "+optim.dct=[{params: [AutoDelta.weight], dim: -1}]",
+        "scheduler=plateau",
+        "scheduler.patience=1",
+        "scheduler.threshold=0.05",  # halves the lrs a few times in 24 steps
+        "+optim.groups.scales.scheduler=none",  # torch's plateau needs an lr; this group has eta
+        "trainer.steps=24",
+        *COMMON,
+    ]
+    lrs = {"dct": 0.01, "eta": 0.02, "adam": 0.003}
+
+    def optimizers(factor):
+        return [
+            "optim.groups.locs.optimizer.name=dct_adam",
+            f"optim.groups.locs.optimizer.lr={lrs['dct'] * factor}",
+            "+optim.groups.locs.optimizer.clip_norm=1.0",
+            "optim.groups.scales.optimizer.name=adagrad_rmsprop",
+            "~optim.groups.scales.optimizer.lr",
+            f"+optim.groups.scales.optimizer.eta={lrs['eta'] * factor}",
+            f"optim.groups.weights.optimizer.lr={lrs['adam'] * factor}",
+        ]
+
+    cwd = tmp_path / "job"
+    cwd.mkdir()
+    r = hvdrun(
+        tmp_path,
+        *stack,
+        *optimizers(1),
+        "distributed.lr_scaling=linear",
+        "distributed.backward_passes_per_step=2",
+        "trainer.batch_size=25",
+        "hydra.run.dir=run",
+        cwd=cwd,
+    )
+    assert r.returncode == 0, r.output
+    assert r.writes == {1: []}, r.writes
+    summary = json.loads((cwd / "run" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["params_in_sync"] is True
+    assert summary["groups"]["locs"]["optimizer"] == "dct_adam"
+    rows = [json.loads(line) for line in (cwd / "run" / "metrics.jsonl").open()]
+    assert rows[0]["lr/scales"] == pytest.approx(2 * lrs["eta"])  # lr_scaling=linear
+    assert rows[-1]["lr/locs"] < 2 * lrs["dct"] / 3  # the plateau scheduler acted
+    # each step: 2 ranks x 2 minibatches x 25 rows
+    assert rows[-1]["samples_per_s"] == pytest.approx(100 * rows[-1]["steps_per_s"])
+
+    reference = _train_one_process([*stack, *optimizers(2), "trainer.batch_size=100"])
+    assert _max_diff(_params(cwd / "run" / "params.pt"), reference) < 1e-9
+
+
+def test_multirun_sweep_runs_every_job_on_every_rank(tmp_path):
+    cwd = tmp_path / "job"
+    cwd.mkdir()
+    r = hvdrun(
+        tmp_path,
+        "--multirun",
+        "optim.lr=1e-3,1e-2",
+        "trainer.steps=20",
+        "trainer.progress=none",
+        "hydra.sweep.dir=multirun/${pyrotrain_start:%Y-%m-%d_%H-%M-%S-%f}",
+        cwd=cwd,
+    )
+    assert r.returncode == 0, r.output
+    sweeps = list((cwd / "multirun").iterdir())
+    assert len(sweeps) == 1 and [p.name for p in cwd.iterdir()] == ["multirun"], sweeps
+    jobs = sorted(p for p in sweeps[0].iterdir() if p.is_dir())
+    assert [j.name for j in jobs] == ["0", "1"]
+    for job, lr in zip(jobs, (1e-3, 1e-2), strict=True):
+        summary = json.loads((job / "summary.json").read_text())
+        assert summary["world_size"] == 2 and summary["params_in_sync"] is True
+        assert summary["lr"]["all"] == pytest.approx(lr)
+        assert (job / ".hydra" / "config.yaml").exists()
+    # multirun.yaml is rank 0's (rank 1's would carry its hydra.output_subdir=null)
+    assert "output_subdir: .hydra" in (sweeps[0] / "multirun.yaml").read_text()
+    assert r.writes == {1: []}, r.writes
+
+
+def test_distributed_none_refuses_two_ranks(tmp_path):
+    r = hvdrun(tmp_path, "distributed=none", "hydra.run.dir=run", cwd=tmp_path)
+    assert r.returncode != 0
+    assert "exit with status code 2" in r.output, r.output
+    assert "Invalid value for 'distributed': 'none'" in r.output
+    assert "rank 1 of 2" in r.output or "rank 0 of 2" in r.output
+    assert "Valid choices: auto, horovod" in r.output
+    assert "]<stderr>:Traceback" not in r.output  # no rank printed a traceback
+    assert not (tmp_path / "run" / "params.pt").exists()
+
+
+FAILING_MODEL = """
+import os
+import pyro, pyro.distributions as dist, torch
+
+
+class Model:
+    def __init__(self, data):
+        self.features = data.train["x"].shape[-1]
+        self.calls = 0
+
+    def __call__(self, x, y=None, index=None, size=None):
+        self.calls += 1
+        if self.calls == 3 and os.environ.get("HOROVOD_RANK") == "1":
+            raise ValueError("bad row in this rank's shard")
+        w = pyro.sample("w", dist.Normal(torch.zeros(self.features), 1.0).to_event(1))
+        with pyro.plate("data", size, subsample=index):
+            pyro.sample("obs", dist.Normal(x @ w, 1.0), obs=y)
+"""
+
+
+def test_a_failing_rank_ends_the_job_quickly_and_is_named(tmp_path):
+    (tmp_path / "failing_model.py").write_text(textwrap.dedent(FAILING_MODEL))
+    r = hvdrun(
+        tmp_path,
+        "model=custom",
+        "model.target=failing_model:Model",
+        "trainer.steps=100000",  # hours, unless the failure ends the job
+        "trainer.progress=none",
+        "hydra.run.dir=run",
+        cwd=tmp_path,
+        timeout=90,
+    )
+    assert r.returncode != 0
+    assert "rank 1 failed: ValueError: bad row in this rank's shard" in r.output, r.output
+    assert "rank 0 stopped: another rank failed" in r.output or "Terminating" in r.output
+    assert r.wall < 60, r.wall
+    assert not (tmp_path / "run" / "summary.json").exists()
