@@ -313,7 +313,7 @@ class Trainer:
                     epoch, index = next(batches)
                     batch = self._batch(index)
                     with poutine.trace(param_only=True) as capture:
-                        losses += float(run.elbo.loss_and_grads(run.model, run.guide, **batch))
+                        losses += float(self._loss_and_grads(batch, first=step == 1))
                     params.update(s["value"].unconstrained() for s in capture.trace.nodes.values())
                     rows += len(index)
                 if step == 1:
@@ -381,6 +381,24 @@ class Trainer:
             save_params(self.run_dir / "params.pt")
             _write_json(self.run_dir / "summary.json", summary)
         return summary
+
+    def _loss_and_grads(self, batch: dict[str, Any], first: bool) -> Any:
+        run = self.run
+        if not first:
+            return run.elbo.loss_and_grads(run.model, run.guide, **batch)
+        try:
+            return run.elbo.loss_and_grads(run.model, run.guide, **batch)
+        except PyrotrainError:
+            raise
+        except Exception as e:
+            # The first batch is where a model meets its data: report the model's own words.
+            shapes = {k: tuple(v.shape) for k, v in batch.items() if torch.is_tensor(v)}
+            raise PyrotrainError(
+                f"the model failed on the first batch: {type(e).__name__}: {e}",
+                key="model",
+                value=run.cfg.get("model", {}).get("name"),
+                hint=f"The batch it was given: {shapes}. HYDRA_FULL_ERROR=1 shows the traceback",
+            ) from e
 
     def _first_step(self, params: set[torch.Tensor]) -> None:
         """Parameters exist now: assign them to groups, check every group got some, sync ranks."""

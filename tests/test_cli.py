@@ -166,3 +166,41 @@ def test_list_command_shows_registries():
         assert name in r.stdout
     r = subprocess.run([str(exe), "bogus"], capture_output=True, text=True)
     assert r.returncode == 2 and "optimizers" in r.stderr
+
+
+def test_users_own_model_file_and_csv_through_the_cli(cli, tmp_path):
+    (tmp_path / "my_models.py").write_text(
+        "import pyro, pyro.distributions as dist, torch\n"
+        "class Line:\n"
+        "    def __init__(self, data):\n"
+        "        self.features = data.train['x'].shape[-1]\n"
+        "    def __call__(self, x, y=None, index=None, size=None):\n"
+        "        w = pyro.sample('w', dist.Normal(torch.zeros(self.features), 1.0).to_event(1))\n"
+        "        with pyro.plate('data', size, subsample=index):\n"
+        "            pyro.sample('obs', dist.Normal(x @ w, 0.5), obs=y)\n"
+        "def broken(x, y=None):\n"
+        "    raise ValueError('my model cannot handle this')\n"
+    )
+    rows = ["a,b,target"] + [
+        f"{i / 10},{(i % 7) / 7},{0.3 * i / 10 - (i % 7) / 7}" for i in range(60)
+    ]
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    common = [
+        "data=csv",
+        "data.path=data.csv",
+        "data.target=target",
+        "trainer.steps=40",
+        "trainer.batch_size=16",
+    ]
+    r = cli(
+        "model=custom", "model.target=my_models:Line", *common, "hydra.run.dir=run", cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 40
+    # A model that fails on its first batch: its own message, exit 2, no traceback.
+    r = cli(
+        "model=custom", "model.target=my_models:broken", *common, "hydra.run.dir=run2", cwd=tmp_path
+    )
+    assert r.returncode == 2, r.stderr
+    assert "my model cannot handle this" in r.stderr and "Traceback" not in r.stderr
+    assert "first batch" in r.stderr

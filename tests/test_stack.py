@@ -432,3 +432,11 @@ def test_import_path_and_registered_optimizers():
     stack = OptimizerStack.from_config(one_group("torch.optim:Adamax", lr=0.1))
     stack({p})
     assert type(stack.groups[0].optimizer) is torch.optim.Adamax
+
+
+def test_scheduler_on_an_optimizer_without_lr_is_a_clear_error():
+    stack = OptimizerStack.from_config(one_group("adagrad_rmsprop", eta=0.1), {"name": "plateau"})
+    p = pyro.param("w", torch.zeros(2)).unconstrained()
+    p.grad = torch.ones(2)
+    with pytest.raises(PyrotrainError, match="AdagradRMSProp's step size is eta"):
+        stack({p})

@@ -68,6 +68,14 @@ def build_scheduler(
     spec: SchedulerSpec, optimizer: torch.optim.Optimizer, length: int | None
 ) -> Any:
     """Build the scheduler for ``optimizer``; ``length`` is how many times it will be stepped."""
+    if "lr" not in optimizer.param_groups[0]:
+        raise PyrotrainError(
+            f"learning-rate schedulers adjust 'lr', and {type(optimizer).__name__} has none "
+            "(AdagradRMSProp's step size is eta)",
+            key=f"{spec.key}.name",
+            value=spec.name,
+            hint="Use scheduler: none for this group",
+        )
     if spec.name == "warmup":
         return _warmup(spec, optimizer, length)
     cls = SCHEDULERS.get(spec.name, f"{spec.key}.name")
