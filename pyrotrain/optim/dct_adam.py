@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from pyro.ops.tensor_utils import as_complex, next_fast_len
+from pyro.optim.dct_adam import DCTAdam as PyroDCTAdam
 from torch import Tensor
 from torch.fft import irfft, rfft
 from torch.nn.functional import pad
@@ -94,17 +95,6 @@ def _transform_inverse(x: Tensor, dim: int, duration: int) -> Tensor:
     left = dots + (slice(None, duration),)
     right = dots + (slice(duration, None),)
     return idct(x[right], dim)[left].add_(x[left])
-
-
-def _get_mask(x: Tensor, indices: dict) -> Tensor:
-    mask = x.new_zeros(x.shape, dtype=torch.long, device=x.device)
-    if len(indices) > 0:
-        idx: list[Any] = []
-        for dim in range(-x.dim(), 0):
-            if dim in indices:
-                mask[tuple(idx + [indices[dim]])] += 1
-            idx.append(slice(None))
-    return mask == len(indices)
 
 
 class _DctBatch:
@@ -375,94 +365,10 @@ class DCTAdam(MultiTensorOptimizer):
             torch._foreach_add_(b.params, updates)
 
     # ------------------------------------------------------------------ Pyro's per-param code
+    # Parameters the buckets don't cover (subsample-aware ones, state laid out otherwise) take
+    # Pyro's own per-parameter methods, which only use ``self.state`` and the group.
     def _step_fallback(self, group: dict, p: Tensor) -> None:
-        self._step_param(group, p)
+        PyroDCTAdam._step_param(self, group, p)
 
     def _step_special(self, group: dict, p: Tensor) -> None:
-        self._step_param_subsample(group, p, getattr(p, "_pyro_subsample", {}))
-
-    def _step_param(self, group: dict, p: Tensor) -> None:
-        grad = p.grad.data
-        grad.clamp_(-group["clip_norm"], group["clip_norm"])
-
-        # Transform selected parameters via dct.
-        time_dim = getattr(p, "_pyro_dct_dim", None)
-        if time_dim is not None:
-            duration = p.size(time_dim)
-            grad = _transform_forward(grad, time_dim, duration)
-
-        state = self.state[p]
-
-        # State initialization
-        if len(state) == 0:
-            state["step"] = 0
-            state["exp_avg"] = torch.zeros_like(grad)
-            state["exp_avg_sq"] = torch.zeros_like(grad)
-
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        beta1, beta2 = group["betas"]
-
-        state["step"] += 1
-
-        exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-
-        denom = exp_avg_sq.sqrt().add_(group["eps"])
-
-        bias_correction1 = 1 - beta1 ** state["step"]
-        bias_correction2 = 1 - beta2 ** state["step"]
-        step_size = group["lr"] * math.sqrt(bias_correction2) / bias_correction1
-
-        if time_dim is None:
-            p.data.addcdiv_(exp_avg, denom, value=-step_size)
-        else:
-            step = _transform_inverse(exp_avg / denom, time_dim, duration)
-            p.data.add_(step.mul_(-step_size))
-
-    def _step_param_subsample(self, group: dict, p: Tensor, subsample: dict) -> None:
-        mask = _get_mask(p, subsample)
-
-        grad = p.grad.data.masked_select(mask)
-        grad.clamp_(-group["clip_norm"], group["clip_norm"])
-
-        # Transform selected parameters via dct.
-        time_dim = getattr(p, "_pyro_dct_dim", None)
-        if time_dim is not None:
-            duration = p.size(time_dim)
-            grad = _transform_forward(grad, time_dim, duration)
-
-        state = self.state[p]
-
-        # State initialization
-        if len(state) == 0:
-            state["step"] = torch.zeros_like(p)
-            state["exp_avg"] = torch.zeros_like(p)
-            state["exp_avg_sq"] = torch.zeros_like(p)
-
-        beta1, beta2 = group["betas"]
-
-        state_step = state["step"].masked_select(mask).add_(1)
-        state["step"].masked_scatter_(mask, state_step)
-
-        exp_avg = state["exp_avg"].masked_select(mask).mul_(beta1).add_(grad, alpha=1 - beta1)
-        state["exp_avg"].masked_scatter_(mask, exp_avg)
-
-        exp_avg_sq = (
-            state["exp_avg_sq"]
-            .masked_select(mask)
-            .mul_(beta2)
-            .addcmul_(grad, grad, value=1 - beta2)
-        )
-        state["exp_avg_sq"].masked_scatter_(mask, exp_avg_sq)
-
-        denom = exp_avg_sq.sqrt_().add_(group["eps"])
-
-        bias_correction1 = 1 - beta1**state_step
-        bias_correction2 = 1 - beta2**state_step
-        step_size = bias_correction2.sqrt_().div_(bias_correction1).mul_(group["lr"])
-
-        step = exp_avg.div_(denom)
-        if time_dim is not None:
-            step = _transform_inverse(step, time_dim, duration)
-        p_data = p.data.masked_select(mask).sub_(step.mul_(step_size))
-        p.data.masked_scatter_(mask, p_data)
+        PyroDCTAdam._step_param_subsample(self, group, p, getattr(p, "_pyro_subsample", {}))
