@@ -205,18 +205,24 @@ def _register_builtins() -> None:
     ]:
         ELBOS.register(name, f"pyro.infer:{cls}")
 
-    MODELS.register("regression", "pyrotrain.models.regression:Regression")
-    DATASETS.register("diabetes", "pyrotrain.data:load_diabetes")
-    DATASETS.register("synthetic_regression", "pyrotrain.data:make_regression")
-    MODELS.register("timeseries", "pyrotrain.models.timeseries:TimeSeries")
-    MODELS.register("sparse", "pyrotrain.models.sparse:SparseRatings")
-    MODELS.register("neural", "pyrotrain.models.neural:DigitsVAE")
-    MODELS.register("hierarchical", "pyrotrain.models.hierarchical:Hierarchical")
-    DATASETS.register("csv", "pyrotrain.csv_data:load_csv")
-    DATASETS.register("co2", "pyrotrain.models.timeseries:load_co2")
-    DATASETS.register("ratings", "pyrotrain.models.sparse:make_ratings")
-    DATASETS.register("digits", "pyrotrain.models.neural:load_digits")
-    DATASETS.register("grouped", "pyrotrain.models.hierarchical:make_grouped")
+    for name, target in [
+        ("regression", "regression:Regression"),
+        ("timeseries", "timeseries:TimeSeries"),
+        ("sparse", "sparse:SparseRatings"),
+        ("neural", "neural:DigitsVAE"),
+        ("hierarchical", "hierarchical:Hierarchical"),
+    ]:
+        MODELS.register(name, f"pyrotrain.models.{target}")
+    for name, target in [
+        ("diabetes", "pyrotrain.data:load_diabetes"),
+        ("synthetic_regression", "pyrotrain.data:make_regression"),
+        ("csv", "pyrotrain.csv_data:load_csv"),
+        ("co2", "pyrotrain.models.timeseries:load_co2"),
+        ("ratings", "pyrotrain.models.sparse:make_ratings"),
+        ("digits", "pyrotrain.models.neural:load_digits"),
+        ("grouped", "pyrotrain.models.hierarchical:make_grouped"),
+    ]:
+        DATASETS.register(name, target)
 
 
 _register_builtins()

@@ -46,11 +46,10 @@ def _rss_mb() -> float:
 
 def worker(impl: str, overrides: list[str], steps: int) -> dict:
     """One measurement in this process: build, warm the libraries, run ``steps`` steps."""
-    torch_threads = 1
     import pyro
     import torch
 
-    torch.set_num_threads(torch_threads)
+    torch.set_num_threads(1)
     import pyrotrain
     from pyrotrain.trainer import Trainer, build
 
@@ -61,14 +60,11 @@ def worker(impl: str, overrides: list[str], steps: int) -> dict:
     run = build(cfg)
     baseline = _rss_mb()
     if impl == "pyrotrain":
-        start = time.perf_counter()
         summary = Trainer(run).fit()
         loop = summary["wall_time_s"]
         loss = summary["final_loss"]
     else:
         loop, loss = _handwritten(run, steps)
-        start = None
-    del start
     return {
         "impl": impl,
         "steps": steps,
@@ -100,17 +96,16 @@ def _handwritten(run, steps: int) -> tuple[float, float]:
     order = iter(BatchOrder(data.size, run.trainer.batch_size, run.seed))
     accepted = run.model_kwargs
     torch.set_default_dtype(run.dtype)
-    if True:
-        pyro.set_rng_seed(run.seed)
-        start = time.perf_counter()
-        for _ in range(steps):
-            _, idx = next(order)
-            batch = {k: v[idx] for k, v in data.train.items()}
-            batch.update(index=idx, size=data.size)
-            if accepted is not None:
-                batch = {k: v for k, v in batch.items() if k in accepted}
-            loss = svi.step(**batch)
-        return time.perf_counter() - start, loss
+    pyro.set_rng_seed(run.seed)
+    start = time.perf_counter()
+    for _ in range(steps):
+        _, idx = next(order)
+        batch = {k: v[idx] for k, v in data.train.items()}
+        batch.update(index=idx, size=data.size)
+        if accepted is not None:
+            batch = {k: v for k, v in batch.items() if k in accepted}
+        loss = svi.step(**batch)
+    return time.perf_counter() - start, loss
 
 
 def measure(impl: str, overrides: list[str], steps: int) -> dict:
