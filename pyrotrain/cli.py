@@ -28,6 +28,7 @@ from rich.markup import escape
 
 from .distributed import START_TIME_VAR, is_main_process, launch_env, process_rank
 from .errors import PyrotrainError
+from .outputs import undo as undo_outputs
 from .plots import plot_run
 from .trainer import train
 
@@ -45,8 +46,12 @@ def _job(cfg: DictConfig) -> float:
     except PyrotrainError as exc:
         if _show_traceback:
             raise
+        if exc.exit_code == EXIT_USAGE and is_main_process():
+            undo_outputs(run_dir)  # bad input writes nothing
+        if exc.exit_code != EXIT_USAGE and not is_main_process():
+            sys.exit(exc.exit_code)  # rank 0 says why the job stopped
         # Exit here: an exception would make Hydra print its own report before ours.
-        _report(str(exc))
+        _report(str(exc), exc.exit_code)
     if not is_main_process():  # rank 0 speaks for the job
         return objective(summary, cfg.trainer.get("objective", "smoothed_loss"))
     console = Console()
@@ -131,13 +136,15 @@ def user_error_message(exc: BaseException) -> str | None:
     return None
 
 
-def _report(message: str) -> None:
+def _report(message: str, exit_code: int = EXIT_USAGE) -> None:
     rank = process_rank()
     tag = escape(f"[rank {rank}] ") if rank else ""
     Console(stderr=True).print(
-        f"[bold red]error:[/] {tag}{message}", highlight=False, soft_wrap=True
+        f"[bold red]{'error' if exit_code == EXIT_USAGE else 'stopped'}:[/] {tag}{escape(message)}",
+        highlight=False,
+        soft_wrap=True,
     )
-    sys.exit(EXIT_USAGE)
+    sys.exit(exit_code)
 
 
 # Under horovodrun every rank runs Hydra; these keep the others from writing in the run dir.

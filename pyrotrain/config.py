@@ -19,8 +19,11 @@ from omegaconf.errors import MissingMandatoryValue
 from .errors import PyrotrainError
 
 
-def _meta(help: str, *, minimum: float | None = None, exclusive: bool = False) -> dict:
-    return {"help": help, "minimum": minimum, "exclusive": exclusive}
+def _meta(
+    help: str, *, minimum: float | None = None, exclusive: bool = False, below: float | None = None
+) -> dict:
+    """``minimum`` (``exclusive``: strictly above it) and ``below`` (strictly) bound numbers."""
+    return {"help": help, "minimum": minimum, "exclusive": exclusive, "below": below}
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class TrainerConfig:
     smoothing: float = field(
         default=0.9,
         metadata=_meta(
-            "weight of the past in the exponentially smoothed loss (0 to <1)", minimum=0
+            "weight of the past in the exponentially smoothed loss (0 to <1)", minimum=0, below=1
         ),
     )
     objective: str = field(
@@ -60,6 +63,45 @@ class TrainerConfig:
     )
     eval_num_samples: int = field(
         default=100, metadata=_meta("posterior samples drawn for the evaluation", minimum=1)
+    )
+    checkpoint_every: int | None = field(
+        default=None,
+        metadata=_meta(
+            "steps between checkpoints (one is always written at the end); null: only the end",
+            minimum=1,
+        ),
+    )
+    keep_checkpoints: int = field(
+        default=3, metadata=_meta("how many of the newest checkpoints to keep", minimum=1)
+    )
+    resume: str | None = field(
+        default=None,
+        metadata=_meta(
+            "a run directory or checkpoint file to continue from, or auto (this run "
+            "directory's newest readable checkpoint, if any)"
+        ),
+    )
+    nan_policy: Literal["stop", "skip", "reduce_lr"] = field(
+        default="stop",
+        metadata=_meta(
+            "on a non-finite loss or gradient: stop (exit 1, checkpoints kept), skip the step, "
+            "or skip it and reduce_lr of the groups at fault"
+        ),
+    )
+    max_bad_steps: int = field(
+        default=10,
+        metadata=_meta(
+            "skip and reduce_lr stop after this many non-finite steps in a row", minimum=1
+        ),
+    )
+    nan_lr_factor: float = field(
+        default=0.5,
+        metadata=_meta(
+            "reduce_lr multiplies the learning rate by this (0 to 1)",
+            minimum=0,
+            exclusive=True,
+            below=1,
+        ),
     )
 
 
@@ -105,6 +147,11 @@ def _coerce(value: Any, tp: Any, key: str, meta: dict) -> Any:
     if minimum is not None and (value <= minimum if meta.get("exclusive") else value < minimum):
         bound = f"greater than {minimum}" if meta.get("exclusive") else f"at least {minimum}"
         raise PyrotrainError(f"{key} must be {bound} ({meta['help']})", key=key, value=value)
+    below = meta.get("below")
+    if below is not None and not value < below:
+        raise PyrotrainError(
+            f"{key} must be less than {below} ({meta['help']})", key=key, value=value
+        )
     return value
 
 

@@ -152,8 +152,12 @@ class BatchOrder:
         return list(mine.split(self.batch_size))
 
     def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
-        epoch = 0
+        return self.iter_from(0)
+
+    def iter_from(self, consumed: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """The order after its first ``consumed`` minibatches (where a resumed run goes on)."""
+        epoch, skip = divmod(consumed, self.steps_per_epoch)
         while True:
-            for idx in self.epoch(epoch):
+            for idx in self.epoch(epoch)[skip:]:
                 yield epoch, idx
-            epoch += 1
+            epoch, skip = epoch + 1, 0

@@ -15,6 +15,7 @@ class PyrotrainError(Exception):
     """
 
     _NO_VALUE = object()
+    exit_code = 2
 
     def __init__(
         self,
@@ -45,6 +46,18 @@ class PyrotrainError(Exception):
         if self.hint:
             parts.append(_sentence(self.hint))
         return " ".join(parts)
+
+
+class TrainingStopped(PyrotrainError):
+    """Training ended early on purpose (non-finite loss, a signal) after saving what it could.
+
+    The CLI prints the message and exits with ``exit_code``: 1 for a non-finite loss or gradient,
+    128 + the signal number for SIGINT (130) and SIGTERM (143).
+    """
+
+    def __init__(self, problem: str, *, exit_code: int, hint: str | None = None):
+        self.exit_code = exit_code
+        super().__init__(problem, hint=hint)
 
 
 def _sentence(text: str) -> str:

@@ -36,6 +36,12 @@ class SmoothedLoss:
             self._avg = self.weight * self._avg + (1 - self.weight) * value
         return self.value
 
+    def state_dict(self) -> dict[str, float]:
+        return {"avg": self._avg, "n": self._n}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self._avg, self._n = state["avg"], state["n"]
+
     @property
     def value(self) -> float:
         if self._n == 0:

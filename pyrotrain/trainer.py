@@ -7,14 +7,19 @@ fails fast with a :class:`~pyrotrain.errors.PyrotrainError` and writes nothing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
+import itertools
 import json
 import math
 import os
 import platform
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +30,27 @@ from omegaconf import DictConfig, OmegaConf
 from pyro.contrib.forecast.util import MarkDCTParamMessenger
 from rich.console import Console
 
-from .config import TrainerConfig, check_trainer_against_data, named_section, parse_section
+from .checkpoint import FORMAT as CHECKPOINT_FORMAT
+from .checkpoint import (
+    check_compatible,
+    find_resume,
+    get_rng_state,
+    list_checkpoints,
+    prune_metrics,
+    save_checkpoint,
+    set_rng_state,
+    shape_of,
+)
+from .config import (
+    TrainerConfig,
+    check_trainer_against_data,
+    named_section,
+    parse_section,
+    to_plain,
+)
 from .data import BatchOrder, Dataset
 from .distributed import build_backend, scale_learning_rates
-from .errors import PyrotrainError
+from .errors import PyrotrainError, TrainingStopped
 from .metrics import LOGGERS, MetricsSinks, ProgressDisplay, SmoothedLoss
 from .optim.stack import OptimizerStack, parse_groups
 from .registry import DATASETS, ELBOS, GUIDES, MODELS, call_with_kwargs, import_object
@@ -64,6 +86,53 @@ class Run:
     dtype: torch.dtype
     model_kwargs: frozenset[str] | None  # None: the model takes **kwargs
     logger: str = "jsonl"
+    shape: dict[str, Any] = field(default_factory=dict)  # what a checkpoint must match
+    resume: tuple[Path, dict[str, Any]] | None = None  # (file, payload) to continue from
+
+
+@dataclass
+class LoopState:
+    """The training loop's own state, saved in checkpoints."""
+
+    step: int = 0  # optimizer steps done
+    consumed: int = 0  # minibatches taken from the data order
+    epoch_losses: list[float] = field(default_factory=list)
+    skipped: int = 0  # non-finite steps skipped
+    bad_in_a_row: int = 0
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM ask the loop to stop after the current step (``signum`` says which);
+    a second SIGINT stops at once. Handlers exist only while training, in the main thread."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        sys.stderr.write(
+            f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
+            "(Ctrl-C again stops at once)\n"
+        )
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 @contextlib.contextmanager
@@ -156,8 +225,11 @@ def _build_elbo(node: Any) -> Any:
     return call_with_kwargs(cls, kwargs, "elbo")
 
 
-def build(cfg: DictConfig) -> Run:
-    """Validate ``cfg`` and build every part of the run. Raises PyrotrainError on bad input."""
+def build(cfg: DictConfig, run_dir: Path | None = None) -> Run:
+    """Validate ``cfg`` and build every part of the run. Raises PyrotrainError on bad input.
+
+    ``run_dir`` is where the run will write; ``trainer.resume=auto`` looks for checkpoints there.
+    """
     for key in cfg:
         if key not in TOP_LEVEL_KEYS:
             raise PyrotrainError(
@@ -195,6 +267,7 @@ def build(cfg: DictConfig) -> Run:
             hint=f"Use at most {data.size // backend.size} (batch_size is per rank)",
         )
 
+    pyro.set_rng_seed(seed)  # models may draw their initial weights (nn.Linear) when built
     with torch_defaults(dtype, device):
         model = _build_model(cfg.get("model"), data)
         guide = _build_guide(cfg.get("guide", "auto_normal"), model)
@@ -210,6 +283,8 @@ def build(cfg: DictConfig) -> Run:
         raise PyrotrainError("set trainer.steps or trainer.epochs", key="trainer.steps", value=None)
     total_epochs = trainer.epochs or math.ceil(total_steps / steps_per_epoch)
     stack = OptimizerStack(specs, marks, total_steps=total_steps, total_epochs=total_epochs)
+    shape = shape_of(to_plain(cfg, "config"), stack.layout(), backend.size)
+    resume = _load_resume(trainer, run_dir, backend, shape, total_steps)
     return Run(
         cfg=cfg,
         trainer=trainer,
@@ -224,7 +299,42 @@ def build(cfg: DictConfig) -> Run:
         dtype=dtype,
         model_kwargs=_accepted_kwargs(model),
         logger=logger,
+        shape=shape,
+        resume=resume,
     )
+
+
+def _load_resume(
+    trainer: TrainerConfig,
+    run_dir: Path | None,
+    backend: Any,
+    shape: dict[str, Any],
+    total_steps: int,
+) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint ``trainer.resume`` names, read by rank 0 and sent to the others (which may
+    not see its file system), after checking that it fits this config."""
+    if trainer.resume is None:
+        return None
+    found: Any = None
+    if backend.is_main:
+        try:
+            found = find_resume(trainer.resume, run_dir)
+            if found is not None:
+                check_compatible(found[1], shape, found[0])
+                if found[1]["step"] >= total_steps:
+                    raise PyrotrainError(
+                        f"the checkpoint {found[0]} is at step {found[1]['step']}, and this run "
+                        f"ends at step {total_steps}: there is nothing left to train",
+                        key="trainer.steps",
+                        value=trainer.steps,
+                        hint=f"Set trainer.steps above {found[1]['step']} to train further",
+                    )
+        except PyrotrainError as e:
+            found = e
+    found = backend.broadcast_object(found)
+    if isinstance(found, PyrotrainError):
+        raise found
+    return found
 
 
 def _steps_per_epoch(order: BatchOrder, backend: Any) -> int:
@@ -283,74 +393,99 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         run = self.run
-        with torch_defaults(run.dtype, run.device):
-            return self._fit()
+        with torch_defaults(run.dtype, run.device), _StopSignals() as signals:
+            return self._fit(signals)
 
-    def _fit(self) -> dict[str, Any]:
+    def _fit(self, signals: _StopSignals) -> dict[str, Any]:
         run, t, stack, backend = self.run, self.run.trainer, self.run.stack, self.run.backend
         pyro.set_rng_seed(run.seed)
         order = BatchOrder(run.data.size, t.batch_size, run.seed, backend.rank, backend.size)
         total = stack.total_steps
         accumulate = backend.backward_passes_per_step
         steps_per_epoch = _steps_per_epoch(order, backend)
+        smoothed = SmoothedLoss(t.smoothing)
+        state = LoopState()
+        batches = iter(order)
+        if run.resume is not None:
+            path, payload = run.resume
+            state = LoopState(**payload["loop"])
+            smoothed.load_state_dict(payload["smoothed"])
+            batches = order.iter_from(state.consumed)
+            first_batch = next(batches)
+            batches = itertools.chain([first_batch], batches)
+            self._restore(payload, first_batch[1])
         if self.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            if run.resume is not None:  # rows after the checkpoint are about to be redone
+                prune_metrics(self.run_dir / "metrics.jsonl", state.step)
         metrics = MetricsSinks(self.run_dir if self.writes else None, (run.logger,))
         display = ProgressDisplay(total, t.progress if backend.is_main else "none", self.console)
-        smoothed = SmoothedLoss(t.smoothing)
-        batches = iter(order)
-        epoch_losses: list[float] = []
-        window_start, window_samples, window_losses = time.perf_counter(), 0, []
-        start = time.perf_counter()
+        first = state.step + 1
+        window_start, window_samples, window_steps, window_losses = time.perf_counter(), 0, 0, []
+        start = after_first = time.perf_counter()
         loss = float("nan")
         try:
-            for step in range(1, total + 1):
-                if step == 2:  # throughput leaves out the first step's one-time setup
+            for step in range(first, total + 1):
+                if step == first + 1:  # throughput leaves out the first step's one-time setup
                     after_first = time.perf_counter()
                 params: set[torch.Tensor] = set()
-                losses, rows = 0.0, 0
+                losses, rows, norms = 0.0, 0, {}
                 for _ in range(accumulate):  # gradients add up in p.grad
                     epoch, index = next(batches)
                     batch = self._batch(index)
                     with poutine.trace(param_only=True) as capture:
-                        losses += float(self._loss_and_grads(batch, first=step == 1))
+                        losses += float(self._loss_and_grads(batch, first=step == first))
                     params.update(s["value"].unconstrained() for s in capture.trace.nodes.values())
                     rows += len(index)
-                if step == 1:
+                if step == first:
                     self._first_step(params)
-                # One collective: the mean gradient over ranks (and minibatches), the mean loss.
-                loss = backend.average_gradients(params, losses / accumulate)
-                log_now = step % t.log_every == 0 or step == total
-                norms = stack.grad_norms(params) if log_now else None
-                stack(params)
-                for p in params:
-                    p.grad = None
-                smoothed.update(loss)
-                stack.step(smoothed.value)
-                epoch_losses.append(loss)
-                window_losses.append(loss)
+                # One collective: the mean gradient over ranks (and minibatches), the mean loss,
+                # and whether any rank was asked to stop.
+                loss, stop = backend.average_gradients(params, losses / accumulate, signals.signum)
+                bad = stack.nonfinite_groups(params)
+                if not math.isfinite(loss) or bad:
+                    for p in params:
+                        p.grad = None
+                    self._non_finite(step, loss, bad, state)
+                else:
+                    state.bad_in_a_row = 0
+                    if step % t.log_every == 0 or step == total:
+                        norms = stack.grad_norms(params)
+                    stack(params)
+                    for p in params:
+                        p.grad = None
+                    smoothed.update(loss)
+                    stack.step(smoothed.value)
+                    state.epoch_losses.append(loss)
+                    window_losses.append(loss)
+                state.step, state.consumed = step, state.consumed + accumulate
                 window_samples += rows * backend.size
+                window_steps += 1
                 if step % steps_per_epoch == 0:
-                    stack.end_epoch(sum(epoch_losses) / len(epoch_losses))
-                    epoch_losses = []
-                if log_now:
+                    stack.end_epoch(_mean(state.epoch_losses))
+                    state.epoch_losses = []
+                if step % t.log_every == 0 or step == total:
                     now = time.perf_counter()
                     elapsed = max(now - window_start, 1e-9)
                     lrs = stack.lrs()
                     row = {
                         "step": step,
                         "epoch": epoch,
-                        "loss": sum(window_losses) / len(window_losses),
+                        "loss": _mean(window_losses) if window_losses else float("nan"),
                         "smoothed_loss": smoothed.value,
                         **{f"lr/{k}": v for k, v in lrs.items()},
                         **{f"grad_norm/{k}": v for k, v in norms.items()},
                         "time": now - start,
-                        "steps_per_s": len(window_losses) / elapsed,
+                        "steps_per_s": window_steps / elapsed,
                         "samples_per_s": window_samples / elapsed,
                     }
                     metrics.write(row)
                     display.update(step, smoothed.value, lrs, row["steps_per_s"])
-                    window_start, window_samples, window_losses = now, 0, []
+                    window_start, window_samples, window_steps, window_losses = now, 0, 0, []
+                if stop:
+                    self._stop(stop, signals.signum, state, smoothed, metrics)
+                if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == total:
+                    self._checkpoint(state, smoothed, metrics)
         finally:
             display.close()
             metrics.close()
@@ -358,15 +493,18 @@ class Trainer:
         wall = end - start
         in_sync = backend.params_in_sync()
         evaluation = self._evaluate()  # on every rank: the same numbers, for sweepers on each
-        timed_steps, timed = (total - 1, end - after_first) if total > 1 else (1, wall)
+        done = total - first + 1
+        timed_steps, timed = (done - 1, end - after_first) if done > 1 else (1, wall)
         samples_per_rank = timed_steps * accumulate * (t.batch_size or order.rows_per_rank) / timed
         summary = {
             "final_loss": loss,
             "smoothed_loss": smoothed.value,
             "steps": total,
             "epochs": math.ceil(total / steps_per_epoch),
+            "resumed_from_step": first - 1 if run.resume is not None else None,
+            "skipped_steps": state.skipped,
             "wall_time_s": wall,
-            "steps_per_s": total / wall,
+            "steps_per_s": done / wall,
             "samples_per_s_per_rank": samples_per_rank,
             "samples_per_s": samples_per_rank * backend.size,
             "world_size": backend.size,
@@ -381,6 +519,120 @@ class Trainer:
             save_params(self.run_dir / "params.pt")
             _write_json(self.run_dir / "summary.json", summary)
         return summary
+
+    # -- checkpoints, resume, stopping ----------------------------------------------------------
+
+    def _checkpoint(self, state: LoopState, smoothed: SmoothedLoss, metrics: MetricsSinks) -> None:
+        """Every rank hands in its RNG state; rank 0 writes the checkpoint."""
+        run = self.run
+        rng = run.backend.gather_object(get_rng_state())
+        if not self.writes:
+            return
+        metrics.flush()
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "step": state.step,
+            "loop": dataclasses.asdict(state),
+            "smoothed": smoothed.state_dict(),
+            "param_store": pyro.get_param_store().get_state(),
+            "optim": run.stack.state_dict(),
+            "optimizer_args": run.stack.optimizer_args(),
+            "rng": rng,
+            "shape": run.shape,
+            "config": to_plain(run.cfg, "config"),
+            "versions": _versions(),
+        }
+        save_checkpoint(payload, self.run_dir, run.trainer.keep_checkpoints)
+
+    def _restore(self, payload: dict[str, Any], index: torch.Tensor) -> None:
+        """Load a checkpoint's state into the param store, the stack and the RNGs.
+
+        Models and guides create their parameters lazily (autoguides drawing random numbers as
+        they do, ``pyro.module`` registering the module's own tensors), so one ELBO evaluation on
+        the first batch creates them as in a fresh run; the saved values are then copied into
+        those very tensors, and the optimizer state and random number generators restored.
+        """
+        run = self.run
+        with poutine.trace(param_only=True) as capture, torch.no_grad():
+            run.elbo.loss(run.model, run.guide, **self._batch(index))
+        store = pyro.get_param_store()
+        current = dict(store.named_parameters())
+        saved = payload["param_store"]
+        with torch.no_grad():
+            for name, value in saved["params"].items():
+                if name in current:
+                    if current[name].shape != value.shape:
+                        raise PyrotrainError(
+                            f"parameter '{name}' has shape {tuple(current[name].shape)} in this "
+                            f"run and {tuple(value.shape)} in the checkpoint",
+                            key="trainer.resume",
+                            value=str(run.resume[0]),
+                        )
+                    current[name].copy_(value)
+        later = {n: v for n, v in saved["params"].items() if n not in current}
+        if later:  # created after the first step in the saved run: they come from the store
+            store.set_state(
+                {"params": later, "constraints": {n: saved["constraints"][n] for n in later}}
+            )
+        run.stack.assign(s["value"].unconstrained() for s in capture.trace.nodes.values())
+        run.stack.load_state_dict(payload["optim"])
+        changed = run.stack.apply_changed_args(payload["optimizer_args"])
+        if changed and run.backend.is_main:
+            for group, keys in changed.items():
+                for key, (was, now) in keys.items():
+                    self.console.print(f"resume: group {group} {key} {was} -> {now}")
+        set_rng_state(payload["rng"][run.backend.rank])
+
+    def _non_finite(self, step: int, loss: float, bad: list[str], state: LoopState) -> None:
+        """Apply ``trainer.nan_policy`` to a step whose loss or gradients are not finite."""
+        t = self.run.trainer
+        where = (
+            f"the gradient of group {', '.join(repr(b) for b in bad)}"
+            if bad
+            else f"the loss ({loss})"
+        )
+        state.skipped += 1
+        state.bad_in_a_row += 1
+        if t.nan_policy == "stop" or state.bad_in_a_row > t.max_bad_steps:
+            saved = list_checkpoints(self.run_dir) if self.run_dir else []
+            last = f"The last good checkpoint is {saved[0]}" if saved else "No checkpoint was saved"
+            why = (
+                f"after {t.max_bad_steps} non-finite steps in a row"
+                if t.nan_policy != "stop"
+                else "(trainer.nan_policy=stop)"
+            )
+            raise TrainingStopped(
+                f"training stopped at step {step}: {where} is not finite {why}",
+                exit_code=1,
+                hint=f"{last}. Lower the learning rate, add clipping, or set "
+                "trainer.nan_policy=skip or reduce_lr; resume with trainer.resume=<run dir>",
+            )
+        if t.nan_policy == "reduce_lr":
+            groups = bad or list(self.run.stack.lrs())
+            self.run.stack.scale_lr(groups, t.nan_lr_factor)
+        if self.run.backend.is_main:
+            action = "skipped" if t.nan_policy == "skip" else f"skipped, lr x{t.nan_lr_factor}"
+            self.console.print(f"[yellow]step {step}: {where} is not finite; {action}[/]")
+
+    def _stop(
+        self,
+        stop: int,
+        own: int,
+        state: LoopState,
+        smoothed: SmoothedLoss,
+        metrics: MetricsSinks,
+    ) -> None:
+        """A rank got SIGINT or SIGTERM: every rank ends after the same step, with a checkpoint."""
+        signum = own or (signal.SIGTERM if stop >= signal.SIGTERM else signal.SIGINT)
+        self._checkpoint(state, smoothed, metrics)
+        name = signal.Signals(signum).name
+        where = f" and saved a checkpoint in {self.run_dir}" if self.writes else ""
+        raise TrainingStopped(
+            f"{name}: training stopped after step {state.step}{where}",
+            exit_code=128 + signum,
+            hint="Continue with the same command plus "
+            f"trainer.resume={self.run_dir or '<run dir>'}",
+        )
 
     def _loss_and_grads(self, batch: dict[str, Any], first: bool) -> Any:
         run = self.run
@@ -435,5 +687,6 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(cfg)
     pyro.clear_param_store()
-    run = build(cfg)
-    return Trainer(run, Path(run_dir) if run_dir is not None else None).fit()
+    run_dir = Path(run_dir) if run_dir is not None else None
+    run = build(cfg, run_dir)
+    return Trainer(run, run_dir).fit()

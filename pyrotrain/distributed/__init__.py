@@ -1,9 +1,10 @@
 """Backends: how many processes share a job, and how they agree on gradients and parameters.
 
 A backend is a small object (``rank``, ``size``, ``is_main``, ``backward_passes_per_step``,
-``lr_scale``, ``broadcast_parameters``, ``average_gradients``, ``average``, ``barrier``,
-``params_in_sync``) so the training loop has no ``if horovod:``. :class:`SingleProcess` is the
-trivial one; :class:`~pyrotrain.distributed.horovod.HorovodBackend` the real one.
+``lr_scale``, ``broadcast_parameters``, ``average_gradients``, ``average``, ``gather_object``,
+``broadcast_object``, ``barrier``, ``params_in_sync``) so the training loop has no
+``if horovod:``. :class:`SingleProcess` is the trivial one;
+:class:`~pyrotrain.distributed.horovod.HorovodBackend` the real one.
 
 This module imports nothing from Horovod: a launcher's environment variables say whether this
 process is one of several, and ``horovod.torch`` is imported only when it is.

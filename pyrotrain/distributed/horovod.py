@@ -279,15 +279,19 @@ class HorovodBackend:
                 self._wait(h)
 
     @torch.no_grad()
-    def average_gradients(self, params: Iterable[torch.Tensor], loss: float = 0.0) -> float:
-        """Reduce the gradients of ``params`` over the ranks (in place); return the mean loss."""
+    def average_gradients(
+        self, params: Iterable[torch.Tensor], loss: float = 0.0, stop: int = 0
+    ) -> tuple[float, int]:
+        """Reduce the gradients of ``params`` over the ranks (in place); return the mean loss and
+        the sum of the ranks' ``stop`` codes (a signal number where a rank was asked to stop), so
+        all ranks agree to stop after the same step without a collective of their own."""
         params = params if isinstance(params, (set, frozenset)) else set(params)
         if self.size == 1:  # nothing to agree on; only the minibatches' mean to take
             if self.backward_passes_per_step > 1:
                 for p in params:
                     if p.grad is not None:
                         p.grad.div_(self.backward_passes_per_step)
-            return float(loss)
+            return float(loss), stop
         key = frozenset(params)
         if key != self._layout_key:
             self._layout_key, self._layout = key, _layout(params)
@@ -295,7 +299,7 @@ class HorovodBackend:
         hvd = self.hvd
         grads = [p.grad for p in layout.params]
         meta = torch.tensor(
-            [float(loss), layout.fingerprint, *(g is not None for g in grads)],
+            [float(loss), layout.fingerprint, float(stop), *(g is not None for g in grads)],
             dtype=torch.float64,
         )
         grads = [
@@ -321,15 +325,25 @@ class HorovodBackend:
                 f"(this rank: {', '.join(layout.names)}); every rank must create and use the "
                 "same Pyro parameters"
             )
-        has_grad = (mean[2:] > 0).tolist()
+        has_grad = (mean[3:] > 0).tolist()
         for p, g, keep in zip(layout.params, reduced, has_grad, strict=True):
             p.grad = g.view_as(p) if keep else None
-        return mean[0].item()
+        return mean[0].item(), round(mean[2].item() * self.size)
 
     def average(self, value: float) -> float:
         with _collective(self.rank):
             t = torch.tensor([float(value)], dtype=torch.float64)
             return self.hvd.allreduce(t, name="pyrotrain.average", op=self.hvd.Average).item()
+
+    def gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        with _collective(self.rank):
+            return self.hvd.allgather_object(obj, name="pyrotrain.gather")
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        with _collective(self.rank):
+            return self.hvd.broadcast_object(obj, root_rank=0, name="pyrotrain.bcast_object")
 
     def barrier(self) -> None:
         with _collective(self.rank):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -19,9 +20,17 @@ class SingleProcess:
     def broadcast_parameters(self, params: Iterable[torch.Tensor]) -> None:
         pass
 
-    def average_gradients(self, params: Iterable[torch.Tensor], loss: float = 0.0) -> float:
-        """Leave the gradients as they are; return ``loss`` (the mean over one process)."""
-        return loss
+    def average_gradients(
+        self, params: Iterable[torch.Tensor], loss: float = 0.0, stop: int = 0
+    ) -> tuple[float, int]:
+        """Leave the gradients as they are; return ``loss`` and ``stop`` (one process's)."""
+        return loss, stop
+
+    def gather_object(self, obj: Any) -> list[Any]:
+        return [obj]
+
+    def broadcast_object(self, obj: Any) -> Any:
+        return obj
 
     def average(self, value: float) -> float:
         return value

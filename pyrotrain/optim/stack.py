@@ -9,6 +9,7 @@ torch optimizer (built when the group's first parameter arrives). The stack subc
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -375,9 +376,70 @@ class OptimizerStack(PyroOptim):
                 )
         return norms
 
+    @torch.no_grad()
+    def nonfinite_groups(self, params: Iterable[torch.Tensor]) -> list[str]:
+        """The groups with a NaN or infinite gradient among ``params`` (usually none: one fused
+        max-abs over all gradients decides that)."""
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads or bool(torch.stack(torch._foreach_norm(grads, math.inf)).isfinite().all()):
+            return []
+        params = params if isinstance(params, (set, frozenset)) else set(params)
+        return [
+            g.spec.name
+            for g in self.groups
+            if any(
+                p in params and p.grad is not None and not bool(p.grad.isfinite().all())
+                for p in g.params
+            )
+        ]
+
+    def scale_lr(self, names: Iterable[str], factor: float) -> None:
+        """Multiply the learning rate of the named groups by ``factor``, in their optimizer and in
+        their scheduler's base, so that the schedule goes on from the lower rate."""
+        wanted = set(names)
+        for group in self.groups:
+            if group.spec.name in wanted and group.optimizer is not None:
+                _scale_lr(group, factor)
+
+    def apply_changed_args(self, saved_args: Mapping[str, dict]) -> dict[str, dict]:
+        """After loading a checkpoint (whose optimizer state carries its own hyperparameters),
+        apply the optimizer settings this config changed; a changed lr scales the current rate,
+        so a schedule goes on where it was. Returns ``{group: {key: (was, now)}}``."""
+        changed: dict[str, dict] = {}
+        for group in self.groups:
+            old = saved_args.get(group.spec.name)
+            if group.optimizer is None or old is None:
+                continue
+            for key, now in group.spec.optimizer_args.items():
+                was = old.get(key)
+                if was == now:
+                    continue
+                changed.setdefault(group.spec.name, {})[key] = (was, now)
+                if key in ("lr", "eta") and isinstance(was, (int, float)) and was > 0:
+                    _scale_lr(group, now / was, key)
+                else:
+                    for pg in group.optimizer.param_groups:
+                        pg[key] = now
+        return changed
+
     def unused_groups(self) -> list[GroupSpec]:
         """Non-optional groups that have matched no parameter yet."""
         return [g.spec for g in self.groups if not g.params and not g.spec.optional]
+
+    def layout(self) -> dict[str, dict]:
+        """What a checkpoint's state depends on: each group's patterns, optimizer, scheduler."""
+        return {
+            g.spec.name: {
+                "params": [p.text for p in g.spec.patterns],
+                "optimizer": "frozen" if g.spec.frozen else g.spec.optimizer,
+                "scheduler": g.spec.scheduler.name if g.spec.scheduler else None,
+                "dct": [repr(m) for m in self.dct_marks],
+            }
+            for g in self.groups
+        }
+
+    def optimizer_args(self) -> dict[str, dict]:
+        return {g.spec.name: dict(g.spec.optimizer_args) for g in self.groups}
 
     def param_names(self) -> list[str]:
         return [name for g in self.groups for name in g.names]
@@ -445,3 +507,17 @@ class OptimizerStack(PyroOptim):
 
     def set_state(self, state_dict: dict) -> None:
         self.load_state_dict(state_dict)
+
+
+def _scale_lr(group: Group, factor: float, key: str = "lr") -> None:
+    for pg in group.optimizer.param_groups:
+        if key in pg:
+            pg[key] *= factor
+        if "initial_lr" in pg:
+            pg["initial_lr"] *= factor
+    scheduler = group.scheduler
+    for sched in [scheduler, *getattr(scheduler, "_schedulers", [])]:
+        if sched is not None and hasattr(sched, "base_lrs"):
+            sched.base_lrs = [lr * factor for lr in sched.base_lrs]
+        if sched is not None and hasattr(sched, "_last_lr"):
+            sched._last_lr = [lr * factor for lr in sched._last_lr]

@@ -1,0 +1,230 @@
+"""Crash-safe checkpoints and exact resume.
+
+A checkpoint is one ``torch.save`` file, ``checkpoints/step-00000010.pt`` in the run directory,
+holding everything the next step depends on: the Pyro param store, every group's optimizer and
+scheduler state, the step and the number of minibatches consumed (the position in the seeded data
+order), the loop's own state (smoothed loss, the epoch's losses, the count of skipped steps), the
+RNG states of every rank (torch, python, numpy, CUDA) and the config it was trained with.
+
+Files are written atomically (temporary file, fsync, rename, fsync of the directory), so a crash or
+SIGKILL during a write leaves the previous checkpoints intact; the last ``keep`` are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import PyrotrainError
+
+FORMAT = 1
+DIRNAME = "checkpoints"
+_NAME = re.compile(r"^step-(\d+)\.pt$")
+
+# The parts of a config a checkpoint's state depends on: resuming with any of them changed would
+# train a different model, so it is refused. Everything else (steps, lr, logging, ...) may change.
+_SHAPE_KEYS = ("model", "data", "guide")
+_TRAINER_SHAPE_KEYS = ("batch_size", "dtype")
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return run_dir / DIRNAME / f"step-{step:08d}.pt"
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """The checkpoint files in ``directory`` (a run dir or its checkpoints/), newest first."""
+    if (directory / DIRNAME).is_dir():
+        directory = directory / DIRNAME
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(payload: dict[str, Any], run_dir: Path, keep: int) -> Path:
+    """Write ``payload`` atomically as the checkpoint of ``payload['step']``; prune to ``keep``."""
+    path = checkpoint_path(run_dir, payload["step"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    for old in list_checkpoints(path.parent)[keep:]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read one checkpoint file; a corrupt, truncated or foreign file raises a clear error."""
+    try:
+        # Checkpoints hold Pyro constraint objects, so they are not weights-only: load only
+        # checkpoints you trust, as with any pickle.
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+        raise PyrotrainError(
+            f"the checkpoint {path} cannot be read; it is corrupt or truncated "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})",
+            key="trainer.resume",
+            value=str(path),
+            hint="Resume from an earlier checkpoint in the same directory, or from the run "
+            "directory with trainer.resume=auto, which skips unreadable files",
+        ) from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise PyrotrainError(
+            f"{path} is not a pyrotrain checkpoint (format {FORMAT})",
+            key="trainer.resume",
+            value=str(path),
+        )
+    return payload
+
+
+def find_resume(resume: str, run_dir: Path | None) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint that ``trainer.resume`` names, loaded: a file, or the newest readable one in
+    a run directory (``auto``: this job's run directory, and None when it holds none yet)."""
+    if resume == "auto":
+        if run_dir is None:
+            return None
+        directory = run_dir
+    else:
+        directory = Path(resume).expanduser()
+        if not directory.exists():
+            raise PyrotrainError(
+                "there is no such file or directory to resume from",
+                key="trainer.resume",
+                value=resume,
+                hint="Give a run directory, a checkpoint file (checkpoints/step-*.pt) or auto",
+            )
+        if directory.is_file():
+            return directory, load_checkpoint(directory)
+    candidates = list_checkpoints(directory)
+    if not candidates:
+        if resume == "auto":
+            return None
+        raise PyrotrainError(
+            f"{directory} holds no checkpoint ({DIRNAME}/step-*.pt)",
+            key="trainer.resume",
+            value=resume,
+            hint="Checkpoints are written every trainer.checkpoint_every steps and at the end",
+        )
+    errors = []
+    for path in candidates:
+        try:
+            return path, load_checkpoint(path)
+        except PyrotrainError as e:
+            errors.append(e)
+            warnings.warn(
+                f"skipping {path}: it cannot be read; trying the one before it", stacklevel=2
+            )
+    raise PyrotrainError(
+        f"none of the {len(candidates)} checkpoints in {directory} can be read "
+        f"(newest: {errors[0].problem})",
+        key="trainer.resume",
+        value=resume,
+    )
+
+
+# -- what must match between a checkpoint and the config resuming it ------------------------------
+
+
+def shape_of(config: dict[str, Any], groups: dict[str, dict], world_size: int) -> dict[str, Any]:
+    """The parts of a run that its saved state depends on (see ``_SHAPE_KEYS``)."""
+    trainer = config.get("trainer") or {}
+    return {
+        **{k: config.get(k) for k in _SHAPE_KEYS},
+        "trainer": {k: trainer.get(k) for k in _TRAINER_SHAPE_KEYS},
+        "optim.groups": {
+            name: {k: g[k] for k in ("params", "optimizer", "scheduler", "dct")}
+            for name, g in groups.items()
+        },
+        "world_size": world_size,
+    }
+
+
+def shape_hash(shape: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(shape, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def first_difference(saved: Any, now: Any, key: str = "") -> tuple[str, Any, Any] | None:
+    """The first dotted key at which two nested configs differ, with both values."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        for k in list(saved) + [k for k in now if k not in saved]:
+            sub = f"{key}.{k}" if key else str(k)
+            if k not in saved or k not in now:
+                return sub, saved.get(k, "<absent>"), now.get(k, "<absent>")
+            found = first_difference(saved[k], now[k], sub)
+            if found:
+                return found
+        return None
+    return None if saved == now else (key, saved, now)
+
+
+def check_compatible(payload: dict[str, Any], shape: dict[str, Any], path: Path) -> None:
+    saved = payload["shape"]
+    if shape_hash(saved) == shape_hash(shape):
+        return
+    key, was, now = first_difference(saved, shape) or ("config", "?", "?")
+    raise PyrotrainError(
+        f"the checkpoint {path} was trained with {key}={was!r}, this config has {now!r}; "
+        "its saved state does not fit this run",
+        key=key,
+        value=now,
+        hint="Resume with the same model, data, guide, optimizer groups, batch size, dtype and "
+        "number of ranks (learning rates, steps and logging may change), or start afresh "
+        "without trainer.resume",
+    )
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Every random number generator a step may draw from, in this process."""
+    import pyro.util
+
+    state = pyro.util.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import pyro.util
+
+    pyro.util.set_rng_state({k: state[k] for k in ("torch", "random", "numpy")})
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def prune_metrics(path: Path, last_step: int) -> None:
+    """Drop the metrics rows after ``last_step`` (written before a crash, replayed on resume)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            step = json.loads(line).get("step", 0)
+        except (json.JSONDecodeError, AttributeError):
+            continue  # a half-written last line
+        if step <= last_step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, path)
