@@ -60,6 +60,8 @@ def save_checkpoint(payload: dict[str, Any], run_dir: Path, keep: int) -> Path:
     """Write ``payload`` atomically as the checkpoint of ``payload['step']``; prune to ``keep``."""
     path = checkpoint_path(run_dir, payload["step"])
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(".step-*.tmp*"):  # left by a process killed while writing
+        stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:

@@ -421,6 +421,7 @@ class Trainer:
         metrics = MetricsSinks(self.run_dir if self.writes else None, (run.logger,))
         display = ProgressDisplay(total, t.progress if backend.is_main else "none", self.console)
         first = state.step + 1
+        last_params: set[torch.Tensor] = set()
         window_start, window_samples, window_steps, window_losses = time.perf_counter(), 0, 0, []
         start = after_first = time.perf_counter()
         loss = float("nan")
@@ -429,16 +430,30 @@ class Trainer:
                 if step == first + 1:  # throughput leaves out the first step's one-time setup
                     after_first = time.perf_counter()
                 params: set[torch.Tensor] = set()
-                losses, rows, norms = 0.0, 0, {}
+                losses, rows, norms, invalid = 0.0, 0, {}, None
                 for _ in range(accumulate):  # gradients add up in p.grad
                     epoch, index = next(batches)
-                    batch = self._batch(index)
-                    with poutine.trace(param_only=True) as capture:
-                        losses += float(self._loss_and_grads(batch, first=step == first))
-                    params.update(s["value"].unconstrained() for s in capture.trace.nodes.values())
                     rows += len(index)
+                    if invalid is not None:
+                        continue  # the step is lost; keep the data order in step
+                    batch = self._batch(index)
+                    try:
+                        with poutine.trace(param_only=True) as capture:
+                            losses += float(self._loss_and_grads(batch, first=step == first))
+                    except ValueError as e:
+                        # Pyro's argument checks meet NaN before the loss does
+                        if step == first or "found invalid values" not in str(e):
+                            raise
+                        invalid = str(e).splitlines()[0]
+                        continue
+                    params.update(s["value"].unconstrained() for s in capture.trace.nodes.values())
+                if invalid is not None:
+                    params, losses = last_params, float("nan")
+                    for p in params:
+                        p.grad = None
                 if step == first:
                     self._first_step(params)
+                last_params = params
                 # One collective: the mean gradient over ranks (and minibatches), the mean loss,
                 # and whether any rank was asked to stop.
                 loss, stop = backend.average_gradients(params, losses / accumulate, signals.signum)
@@ -446,7 +461,7 @@ class Trainer:
                 if not math.isfinite(loss) or bad:
                     for p in params:
                         p.grad = None
-                    self._non_finite(step, loss, bad, state)
+                    self._non_finite(step, loss, bad, state, invalid)
                 else:
                     state.bad_in_a_row = 0
                     if step % t.log_every == 0 or step == total:
@@ -583,14 +598,18 @@ class Trainer:
                     self.console.print(f"resume: group {group} {key} {was} -> {now}")
         set_rng_state(payload["rng"][run.backend.rank])
 
-    def _non_finite(self, step: int, loss: float, bad: list[str], state: LoopState) -> None:
-        """Apply ``trainer.nan_policy`` to a step whose loss or gradients are not finite."""
+    def _non_finite(
+        self, step: int, loss: float, bad: list[str], state: LoopState, invalid: str | None
+    ) -> None:
+        """Apply ``trainer.nan_policy`` to a step whose loss or gradients are not finite
+        (``invalid``: a distribution refused a non-finite argument on this rank)."""
         t = self.run.trainer
-        where = (
-            f"the gradient of group {', '.join(repr(b) for b in bad)}"
-            if bad
-            else f"the loss ({loss})"
-        )
+        if bad:
+            where = f"the gradient of group {', '.join(repr(b) for b in bad)}"
+        elif invalid:
+            where = f"the loss (a distribution was given non-finite values: {invalid})"
+        else:
+            where = f"the loss ({loss})"
         state.skipped += 1
         state.bad_in_a_row += 1
         if t.nan_policy == "stop" or state.bad_in_a_row > t.max_bad_steps:
@@ -605,7 +624,8 @@ class Trainer:
                 f"training stopped at step {step}: {where} is not finite {why}",
                 exit_code=1,
                 hint=f"{last}. Lower the learning rate, add clipping, or set "
-                "trainer.nan_policy=skip or reduce_lr; resume with trainer.resume=<run dir>",
+                "trainer.nan_policy=skip or reduce_lr, and continue from it with "
+                f"trainer.resume={self.run_dir or '<run dir>'}",
             )
         if t.nan_policy == "reduce_lr":
             groups = bad or list(self.run.stack.lrs())

@@ -94,12 +94,27 @@ BAD_INPUTS = [
     (["trainer.steps=[1"], ["trainer.steps=[1", "parse"]),
     (["model=custom"], ["model.target", "required"]),
     (["model=custom", "model.target=no_such_module:Model"], ["model.target", "no_such_module"]),
+    (["trainer.batch_size=-5"], ["trainer.batch_size", "-5", "at least 1"]),
+    (["trainer.dtype=float16"], ["trainer.dtype", "float32, float64"]),
+    (["trainer.smoothing=1.5"], ["trainer.smoothing", "less than 1"]),
+    (["trainer.nan_policy=ignore"], ["trainer.nan_policy", "stop, skip, reduce_lr"]),
+    (["+trainer.nonsense=1"], ["trainer.nonsense", "not a trainer setting", "steps, epochs"]),
+    (["seed=-1"], ["'seed'", "-1", "non-negative"]),
+    (["optim.lr=0"], ["optim.groups.all.optimizer.lr", "positive"]),
+    (
+        ["data=csv", "data.path=missing.csv", "data.target=y"],
+        ["data.path", "'missing.csv'", "does not exist"],
+    ),
+    (["trainer.resume=/no/such/run"], ["trainer.resume", "no such file or directory"]),
+    (["trainer.resume={tmp}/corrupt.pt"], ["corrupt.pt cannot be read", "corrupt or truncated"]),
 ]
 
 
 @pytest.mark.parametrize("args,expected", BAD_INPUTS, ids=[a[0][-1] for a in BAD_INPUTS])
 def test_bad_input_exits_2_with_one_paragraph(cli, tmp_path, args, expected):
-    r = cli(*args, "trainer.progress=none", f"hydra.run.dir={tmp_path / 'run'}")
+    (tmp_path / "corrupt.pt").write_bytes(b"PK\x03\x04 truncated")
+    args = [a.format(tmp=tmp_path) for a in args]
+    r = cli(*args, "trainer.progress=none", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr + r.stdout
     message = r.stderr.strip()
@@ -107,7 +122,7 @@ def test_bad_input_exits_2_with_one_paragraph(cli, tmp_path, args, expected):
     assert "\n\n" not in message
     for text in expected:
         assert text in message, (text, message)
-    assert not (tmp_path / "run" / "params.pt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.pt"]  # nothing written
 
 
 def test_full_error_env_shows_traceback(cli):

@@ -388,3 +388,97 @@ def test_a_failing_rank_ends_the_job_quickly_and_is_named(tmp_path):
     assert "rank 0 stopped: another rank failed" in r.output or "Terminating" in r.output
     assert r.wall < 60, r.wall
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+# -- checkpoints and resume ------------------------------------------------------------------------
+
+RESUME = [*COMMON, "trainer.batch_size=50", "trainer.checkpoint_every=5", "trainer.log_every=5"]
+
+
+def _assert_same_final_state(a: Path, b: Path, step: int) -> None:
+    from pyrotrain.checkpoint import load_checkpoint
+
+    pa, pb = _params(a / "params.pt"), _params(b / "params.pt")
+    assert pa.keys() == pb.keys()
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    ca = load_checkpoint(a / "checkpoints" / f"step-{step:08d}.pt")
+    cb = load_checkpoint(b / "checkpoints" / f"step-{step:08d}.pt")
+    assert len(ca["rng"]) == len(cb["rng"]) == 2  # one RNG state per rank
+    for ra, rb in zip(ca["rng"], cb["rng"], strict=True):
+        assert torch.equal(ra["torch"], rb["torch"]) and ra["random"] == rb["random"]
+    for group in ca["optim"]:
+        sa, sb = ca["optim"][group]["optimizer"]["state"], cb["optim"][group]["optimizer"]["state"]
+        assert sa.keys() == sb.keys()
+        for i in sa:
+            assert all(torch.equal(sa[i][k], sb[i][k]) for k in sa[i])
+
+
+def test_two_ranks_ten_steps_then_resume_equal_twenty_straight(tmp_path):
+    job = tmp_path / "job"  # the recorder of rank 1's writes keeps its file outside
+    job.mkdir()
+    r = hvdrun(tmp_path, *RESUME, "trainer.steps=20", "hydra.run.dir=straight", cwd=job)
+    assert r.returncode == 0, r.output
+    r = hvdrun(tmp_path, *RESUME, "trainer.steps=10", "hydra.run.dir=resumed", cwd=job)
+    assert r.returncode == 0, r.output
+    r = hvdrun(
+        tmp_path,
+        *RESUME,
+        "trainer.steps=20",
+        "trainer.resume=auto",
+        "hydra.run.dir=resumed",
+        cwd=job,
+    )
+    assert r.returncode == 0, r.output
+    assert r.writes == {1: []}, r.writes
+    summary = json.loads((job / "resumed" / "summary.json").read_text())
+    assert summary["resumed_from_step"] == 10 and summary["params_in_sync"] is True
+    _assert_same_final_state(job / "straight", job / "resumed", 20)
+
+
+def test_ctrl_c_to_horovodrun_stops_every_rank_after_the_same_step(tmp_path):
+    """horovodrun turns Ctrl-C into SIGTERM for its ranks; they agree (through the gradient
+    allreduce) on the step to stop after, rank 0 checkpoints, and the resumed job ends where an
+    uninterrupted one does."""
+    args = [*RESUME, "trainer.steps=1500", "trainer.log_every=1", "trainer.progress=plain"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(TESTS),
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+    }
+    env.pop("HYDRA_FULL_ERROR", None)
+    cmd = [str(HOROVODRUN), "-np", "2", "-H", "localhost:2", str(PYROTRAIN), *args]
+    proc = subprocess.Popen(
+        [*cmd, "hydra.run.dir=run"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "<stdout>:step 20/" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("horovodrun did not stop after Ctrl-C")
+    out = "".join(lines) + out
+    assert "Process 0 exit with status code 143" in out, out[-3000:]
+    assert "Process 1 exit with status code 143" in out
+    assert "trainer.resume=" in out
+    from pyrotrain.checkpoint import list_checkpoints, load_checkpoint
+
+    stopped = load_checkpoint(list_checkpoints(tmp_path / "run")[0])
+    assert 20 <= stopped["step"] < 1500 and len(stopped["rng"]) == 2
+
+    r = hvdrun(tmp_path, *args, "trainer.resume=auto", "hydra.run.dir=run", cwd=tmp_path)
+    assert r.returncode == 0, r.output
+    r = hvdrun(tmp_path, *args, "hydra.run.dir=straight", cwd=tmp_path)
+    assert r.returncode == 0, r.output
+    _assert_same_final_state(tmp_path / "straight", tmp_path / "run", 1500)

@@ -80,3 +80,43 @@ def empty_guide(*args, **kwargs):
 def make_empty_guide(model):
     """A guide factory (guide.name=toy_models:make_empty_guide) for models with no latents."""
     return empty_guide
+
+
+class GoesNonFinite:
+    """Two parameters, ``a`` and ``b``; on the calls listed in ``nan_loss_at`` the loss is NaN,
+    and on those in ``nan_grad_at`` only b's gradient is (sqrt at 0), the loss staying finite."""
+
+    def __init__(self, data, nan_loss_at=(), nan_grad_at=()):
+        self.calls = 0
+        self.nan_loss_at = set(nan_loss_at)
+        self.nan_grad_at = set(nan_grad_at)
+
+    def __call__(self, x, y=None, index=None, size=None):
+        self.calls += 1
+        a = pyro.param("a", torch.zeros(()))
+        b = pyro.param("b", torch.ones(()))
+        mean = a + b
+        if self.calls in self.nan_loss_at:
+            mean = mean * float("nan")
+        if self.calls in self.nan_grad_at:
+            mean = mean + torch.sqrt(b * 0.0)
+        with pyro.plate("data", x.shape[0] if size is None else size, subsample=index):
+            pyro.sample("obs", dist.Normal(mean, 1.0), obs=y)
+
+    def guide(self, *args, **kwargs):
+        """No latent variables (guide=model)."""
+
+
+class BigParameter:
+    """One 10M-element parameter (40 MB): writing its checkpoint takes a while."""
+
+    def __init__(self, data, size: int = 10_000_000):
+        self.size = size
+
+    def __call__(self, x, y=None, index=None, size=None):
+        w = pyro.param("w", torch.zeros(self.size))
+        with pyro.plate("data", x.shape[0] if size is None else size, subsample=index):
+            pyro.sample("obs", dist.Normal(w[:1].sum(), 1.0), obs=y)
+
+    def guide(self, *args, **kwargs):
+        """No latent variables (guide=model)."""

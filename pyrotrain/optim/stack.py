@@ -380,7 +380,7 @@ class OptimizerStack(PyroOptim):
     def nonfinite_groups(self, params: Iterable[torch.Tensor]) -> list[str]:
         """The groups with a NaN or infinite gradient among ``params`` (usually none: one fused
         max-abs over all gradients decides that)."""
-        grads = [p.grad for p in params if p.grad is not None]
+        grads = [p.grad for p in params if p.grad is not None and p.grad.numel()]
         if not grads or bool(torch.stack(torch._foreach_norm(grads, math.inf)).isfinite().all()):
             return []
         params = params if isinstance(params, (set, frozenset)) else set(params)

@@ -1,0 +1,337 @@
+"""Checkpoints, exact resume, non-finite losses, interrupts and hostile input (issue 8)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from conftest import PYROTRAIN, TESTS
+from omegaconf import open_dict
+
+from pyrotrain.api import compose
+from pyrotrain.checkpoint import list_checkpoints, load_checkpoint
+from pyrotrain.errors import PyrotrainError, TrainingStopped
+from pyrotrain.trainer import train
+
+QUICK = ["trainer.progress=none", "trainer.log_every=5"]
+
+
+def _params(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "params.pt", weights_only=False)["params"]
+
+
+def _same(x, y) -> bool:
+    """Bitwise equality of nested state (tensors, dicts, lists, numbers)."""
+    if isinstance(x, dict):
+        return x.keys() == y.keys() and all(_same(x[k], y[k]) for k in x)
+    if isinstance(x, (list, tuple)):
+        return len(x) == len(y) and all(_same(a, b) for a, b in zip(x, y, strict=True))
+    if torch.is_tensor(x):
+        return torch.equal(x, y)
+    if isinstance(x, np.ndarray):
+        return np.array_equal(x, y)
+    return x == y
+
+
+def _assert_same_run(a: Path, b: Path, step: int) -> None:
+    pa, pb = _params(a), _params(b)
+    assert pa.keys() == pb.keys()
+    for name in pa:
+        assert torch.equal(pa[name], pb[name]), name
+    ca = load_checkpoint(a / "checkpoints" / f"step-{step:08d}.pt")
+    cb = load_checkpoint(b / "checkpoints" / f"step-{step:08d}.pt")
+    assert _same(ca["optim"], cb["optim"])
+    assert _same(ca["rng"], cb["rng"])
+    assert ca["loop"] == cb["loop"]
+
+
+RESUME_CASES = {
+    "regression-adam": ["model=regression"],
+    "timeseries-dct_adam": ["experiment=timeseries_dct"],
+    "sparse-adagrad_rmsprop": ["model=sparse"],
+    "neural-multi-warmup_cosine": ["experiment=neural_multi", "trainer.batch_size=64"],
+    "regression-step_scheduler": ["model=regression", "scheduler=step"],
+}
+
+
+@pytest.mark.parametrize("overrides", RESUME_CASES.values(), ids=RESUME_CASES.keys())
+def test_ten_steps_then_resume_equals_twenty_straight(tmp_path, overrides):
+    base = [*QUICK, *overrides, "trainer.checkpoint_every=5"]
+    train(compose([*base, "trainer.steps=20"]), tmp_path / "straight")
+    train(compose([*base, "trainer.steps=10"]), tmp_path / "first")
+    summary = train(
+        compose([*base, "trainer.steps=20", f"trainer.resume={tmp_path / 'first'}"]),
+        tmp_path / "second",
+    )
+    assert summary["resumed_from_step"] == 10
+    _assert_same_run(tmp_path / "straight", tmp_path / "second", 20)
+    # the metrics of the resumed run start after the checkpoint
+    steps = [json.loads(x)["step"] for x in (tmp_path / "second" / "metrics.jsonl").open()]
+    assert steps == [15, 20]
+
+
+def test_checkpoints_every_k_steps_keep_the_last_k(tmp_path):
+    train(
+        compose(
+            [*QUICK, "trainer.steps=23", "trainer.checkpoint_every=5", "trainer.keep_checkpoints=2"]
+        ),
+        tmp_path,
+    )
+    names = [p.name for p in list_checkpoints(tmp_path)]
+    assert names == ["step-00000023.pt", "step-00000020.pt"]
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / names[0])
+    assert ckpt["step"] == 23 and ckpt["loop"]["consumed"] == 23
+    assert set(ckpt["rng"][0]) >= {"torch", "random", "numpy"}
+    assert ckpt["config"]["trainer"]["steps"] == 23
+    assert len(ckpt["shape"]) > 0
+    assert not list((tmp_path / "checkpoints").glob(".*"))  # no temporary file left behind
+
+
+def test_resume_auto_in_the_same_run_dir_and_fallback_past_a_corrupt_file(tmp_path):
+    base = [*QUICK, "trainer.checkpoint_every=5"]
+    train(compose([*base, "trainer.steps=20"]), tmp_path / "straight")
+    # auto with no checkpoint yet: starts from step 0
+    first = train(compose([*base, "trainer.steps=15", "trainer.resume=auto"]), tmp_path / "run")
+    assert first["resumed_from_step"] is None
+    # the newest checkpoint is damaged: auto warns and takes the one before
+    newest = tmp_path / "run" / "checkpoints" / "step-00000015.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    with pytest.warns(UserWarning, match="step-00000015.pt"):
+        second = train(
+            compose([*base, "trainer.steps=20", "trainer.resume=auto"]), tmp_path / "run"
+        )
+    assert second["resumed_from_step"] == 10
+    _assert_same_run(tmp_path / "straight", tmp_path / "run", 20)
+    # metrics.jsonl keeps the first run's rows up to the checkpoint, then the resumed run's
+    steps = [json.loads(x)["step"] for x in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert steps == [5, 10, 15, 20]
+
+
+def test_a_named_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "step-00000010.pt"
+    bad.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    with pytest.raises(PyrotrainError, match=r"step-00000010\.pt cannot be read; it is corrupt"):
+        train(compose([*QUICK, f"trainer.resume={bad}"]))
+
+
+@pytest.mark.parametrize(
+    "change,key",
+    [
+        (["model=sparse"], "model"),
+        (["optim=multi"], "optim.groups"),
+        (["trainer.batch_size=50"], "trainer.batch_size"),
+    ],
+)
+def test_resume_with_an_incompatible_config_is_refused(tmp_path, change, key):
+    train(compose([*QUICK, "trainer.steps=5"]), tmp_path / "first")
+    with pytest.raises(PyrotrainError) as info:
+        train(
+            compose([*QUICK, *change, "trainer.steps=10", f"trainer.resume={tmp_path / 'first'}"])
+        )
+    assert info.value.key.startswith(key), info.value
+    assert "does not fit this run" in str(info.value)
+
+
+def test_resume_applies_a_changed_learning_rate(tmp_path):
+    train(compose([*QUICK, "trainer.steps=5"]), tmp_path / "first")
+    summary = train(
+        compose(
+            [*QUICK, "trainer.steps=10", "optim.lr=0.001", f"trainer.resume={tmp_path / 'first'}"]
+        )
+    )
+    assert summary["lr"] == {"all": pytest.approx(0.001)}
+
+
+def test_resume_past_the_end_is_refused(tmp_path):
+    train(compose([*QUICK, "trainer.steps=5"]), tmp_path / "first")
+    with pytest.raises(PyrotrainError, match="nothing left to train"):
+        train(compose([*QUICK, "trainer.steps=5", f"trainer.resume={tmp_path / 'first'}"]))
+
+
+# -- non-finite losses and gradients ---------------------------------------------------------------
+
+TOY = [
+    *QUICK,
+    "model=custom",
+    "model.target=toy_models:GoesNonFinite",
+    "guide=model",
+    "trainer.steps=12",
+    "trainer.checkpoint_every=4",
+]
+
+
+def toy(*overrides: str):
+    """GoesNonFinite with its parameters a and b in groups of their own."""
+    cfg = compose([*TOY, *overrides])
+    with open_dict(cfg):
+        cfg.optim.groups = {
+            name: {"params": [name], "optimizer": {"name": "adam", "lr": 0.1}} for name in "ab"
+        }
+    return cfg
+
+
+def test_nan_policy_stop_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    with pytest.raises(TrainingStopped) as info:
+        train(toy("+model.nan_loss_at=[7]"), tmp_path)
+    message = str(info.value)
+    assert info.value.exit_code == 1
+    assert "step 7: the loss (a distribution was given non-finite values" in message
+    assert "step-00000004.pt" in message
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000004.pt"]
+    assert torch.isfinite(
+        load_checkpoint(list_checkpoints(tmp_path)[0])["param_store"]["params"]["a"]
+    )
+
+
+def test_nan_gradient_names_its_group(tmp_path):
+    with pytest.raises(TrainingStopped, match=r"step 3: the gradient of group 'b' is not finite"):
+        train(toy("+model.nan_grad_at=[3]"), tmp_path)
+
+
+def test_nan_policy_skip_skips_and_counts_then_gives_up_after_max_bad_steps(tmp_path):
+    summary = train(toy("+model.nan_loss_at=[3,4]", "trainer.nan_policy=skip"))
+    assert summary["skipped_steps"] == 2
+    store = pyro.get_param_store()
+    assert torch.isfinite(store["a"]) and torch.isfinite(store["b"])
+    with pytest.raises(TrainingStopped, match="after 2 non-finite steps in a row"):
+        train(
+            toy("+model.nan_loss_at=[3,4,5]", "trainer.nan_policy=skip", "trainer.max_bad_steps=2")
+        )
+
+
+def test_nan_policy_reduce_lr_lowers_the_lr_of_the_group_at_fault():
+    summary = train(
+        toy("+model.nan_grad_at=[3,6]", "trainer.nan_policy=reduce_lr", "trainer.nan_lr_factor=0.1")
+    )
+    assert summary["skipped_steps"] == 2
+    assert summary["lr"] == {"a": pytest.approx(0.1), "b": pytest.approx(0.001)}
+
+
+# -- signals ---------------------------------------------------------------------------------------
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.Popen(
+        [str(PYROTRAIN), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+SIGNAL_RUN = ["trainer.steps=1500", "trainer.progress=plain", "trainer.log_every=1"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_mid_training_checkpoints_and_resume_matches_an_uninterrupted_run(
+    tmp_path, cli, signum, code
+):
+    proc = _start([*SIGNAL_RUN, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    for line in proc.stdout:  # wait until training is under way
+        if line.startswith("step 20/"):
+            break
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert f"trainer.resume={tmp_path / 'run'}" in err
+    stopped_at = load_checkpoint(list_checkpoints(tmp_path / "run")[0])["step"]
+    assert 20 <= stopped_at < 1500
+    assert not (tmp_path / "run" / "params.pt").exists()
+
+    r = cli(*SIGNAL_RUN, f"hydra.run.dir={tmp_path / 'run'}", "trainer.resume=auto")
+    assert r.returncode == 0, r.stderr
+    r = cli(*SIGNAL_RUN, f"hydra.run.dir={tmp_path / 'straight'}")
+    assert r.returncode == 0, r.stderr
+    _assert_same_run(tmp_path / "straight", tmp_path / "run", 1500)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert steps == list(range(1, 1501))
+
+
+@pytest.mark.slow
+def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tmp_path):
+    """A model with a 40 MB parameter and a checkpoint every step: most of the time goes into
+    writing, and the test kills the run once a temporary checkpoint file is seen."""
+    run = tmp_path / "run"
+    proc = _start(
+        [
+            "model=custom",
+            "model.target=toy_models:BigParameter",
+            "guide=model",
+            "trainer.steps=1000",
+            "trainer.checkpoint_every=1",
+            "trainer.progress=none",
+            f"hydra.run.dir={run}",
+        ],
+        tmp_path,
+    )
+    deadline = time.monotonic() + 120
+    killed_during_write = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        ckpts = run / "checkpoints"
+        if list_checkpoints(run) and ckpts.is_dir() and list(ckpts.glob(".step-*.tmp*")):
+            proc.kill()
+            killed_during_write = True
+            break
+        time.sleep(0.005)
+    proc.communicate(timeout=60)
+    assert killed_during_write
+    assert proc.returncode == -signal.SIGKILL
+    good = list_checkpoints(run)
+    assert good, "no complete checkpoint"
+    payload = load_checkpoint(good[0])
+    assert payload["step"] >= 1
+    summary = train(
+        compose(
+            [
+                "model=custom",
+                "model.target=toy_models:BigParameter",
+                "guide=model",
+                f"trainer.steps={payload['step'] + 2}",
+                "trainer.progress=none",
+                "trainer.resume=auto",
+            ]
+        ),
+        run,
+    )
+    assert summary["resumed_from_step"] == payload["step"]
+    assert not list((run / "checkpoints").glob(".step-*.tmp*"))  # the next write cleans up
+
+
+# -- bad input writes nothing ----------------------------------------------------------------------
+
+
+def test_bad_input_leaves_no_directory_behind(cli, tmp_path):
+    r = cli("trainer.steps=0", cwd=tmp_path)
+    assert r.returncode == 2
+    assert list(tmp_path.iterdir()) == []
+    r = cli(
+        "--multirun", "optim.lr=0.01,-1", "trainer.steps=3", "trainer.progress=none", cwd=tmp_path
+    )
+    assert r.returncode == 2
+    (sweep,) = (tmp_path / "multirun").glob("*/*")
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "multirun.yaml"]  # job 1 left nothing
+
+
+def test_bad_input_in_an_existing_run_dir_loses_nothing(cli, tmp_path):
+    run = tmp_path / "run"
+    r = cli("trainer.steps=5", "trainer.progress=none", f"hydra.run.dir={run}")
+    assert r.returncode == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    r = cli("trainer.steps=5", "optim.lr=-1", "trainer.resume=auto", f"hydra.run.dir={run}")
+    assert r.returncode == 2
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before
