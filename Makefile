@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.pyrotrain-installed
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: install run test lint bench clean
 
@@ -29,9 +30,8 @@ lint: install
 	$(VENV)/bin/ruff check pyrotrain models tests scripts
 	$(VENV)/bin/ruff format --check pyrotrain models tests scripts
 
-bench: install
-	@ls scripts/bench_*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }
-	@for b in scripts/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+bench: install  ## every benchmark, then bench/results.json and bench/results.md (BENCH_ARGS=--quick: < 5 min)
+	$(PY) scripts/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache build *.egg-info

@@ -28,6 +28,7 @@ import pyro.poutine as poutine
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pyro.contrib.forecast.util import MarkDCTParamMessenger
+from pyro.poutine.messenger import Messenger
 from rich.console import Console
 
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
@@ -129,6 +130,26 @@ class _StopSignals:
     def __exit__(self, *exc: Any) -> None:
         for s, handler in self._old.items():
             signal.signal(s, handler)
+
+
+class _CollectParams(Messenger):
+    """The unconstrained tensor of every ``pyro.param`` a step touches: what ``SVI.step`` gets
+    from ``poutine.trace(param_only=True)``, without building a trace (a dict copy per access).
+
+    As in a trace, the last value seen under a name wins: a PyroModule setting up its parameters
+    replaces the store's first tensor for a name with an ``nn.Parameter``.
+    """
+
+    def __enter__(self) -> _CollectParams:
+        self._values: dict[str, torch.Tensor] = {}
+        return super().__enter__()
+
+    def _pyro_post_param(self, msg: dict) -> None:
+        self._values[msg["name"]] = msg["value"]
+
+    @property
+    def params(self) -> set[torch.Tensor]:
+        return {v.unconstrained() for v in self._values.values()}
 
 
 def _mean(values: list[float]) -> float | None:
@@ -438,7 +459,7 @@ class Trainer:
                         continue  # the step is lost; keep the data order in step
                     batch = self._batch(index)
                     try:
-                        with poutine.trace(param_only=True) as capture:
+                        with _CollectParams() as capture:
                             losses += float(self._loss_and_grads(batch, first=step == first))
                     except ValueError as e:
                         # Pyro's argument checks meet NaN before the loss does
@@ -446,7 +467,7 @@ class Trainer:
                             raise
                         invalid = str(e).splitlines()[0]
                         continue
-                    params.update(s["value"].unconstrained() for s in capture.trace.nodes.values())
+                    params |= capture.params
                 if invalid is not None:
                     params, losses = last_params, float("nan")
                     for p in params:

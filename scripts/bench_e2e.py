@@ -35,6 +35,14 @@ MODELS = {
     "neural": ["model=neural", "optim=adam", "guide=model"],
     "hierarchical": ["model=hierarchical"],
 }
+# steps per measurement with --quick (1 to 2 s of training each on this machine)
+QUICK_STEPS = {
+    "regression": 300,
+    "timeseries": 120,
+    "sparse": 80,
+    "neural": 150,
+    "hierarchical": 12,
+}
 # issue #9's targets for pyrotrain steps/s over hand-written Pyro
 TARGETS = {"hierarchical": 1.15}
 DEFAULT_TARGET = 1.0
@@ -147,10 +155,12 @@ def time_to_first_step(repeats: int) -> dict:
             t = time.perf_counter()
             subprocess.run(cmd, capture_output=True, check=True, cwd="/tmp")
             bucket.append(time.perf_counter() - t)
+    ratios = [h / c for h, c in zip(hand, cli, strict=True)]
     return {
         "pyrotrain_s": statistics.median(cli),
         "pyro_s": statistics.median(hand),
         "ratio": statistics.median(hand) / statistics.median(cli),
+        "spread": [min(ratios), max(ratios)],
     }
 
 
@@ -167,10 +177,10 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker, args.overrides, args.steps)))
         return
-    steps = args.steps or (300 if args.quick else 1500)
-    repeats = args.repeats or (3 if args.quick else 5)
+    repeats = args.repeats or (2 if args.quick else 5)
     results = []
     for model in args.models.split(","):
+        steps = args.steps or (QUICK_STEPS[model] if args.quick else 10 * QUICK_STEPS[model])
         runs = {"pyrotrain": [], "pyro": []}
         for _ in range(repeats):
             for impl in ("pyrotrain", "pyro"):
@@ -178,9 +188,10 @@ def main() -> None:
         ours = [r["steps_per_s"] for r in runs["pyrotrain"]]
         ref = [r["steps_per_s"] for r in runs["pyro"]]
         ratios = [a / b for a, b in zip(ours, ref, strict=True)]
-        mem = statistics.median(r["peak_rss_mb"] for r in runs["pyrotrain"]) / statistics.median(
-            r["peak_rss_mb"] for r in runs["pyro"]
-        )
+        rss_ours = [r["peak_rss_mb"] for r in runs["pyrotrain"]]
+        rss_ref = [r["peak_rss_mb"] for r in runs["pyro"]]
+        mem_ratios = [a / b for a, b in zip(rss_ours, rss_ref, strict=True)]
+        mem = statistics.median(rss_ours) / statistics.median(rss_ref)
         row = {
             "benchmark": f"e2e/{model}",
             "unit": "steps/s",
@@ -189,6 +200,9 @@ def main() -> None:
             "ratio": statistics.median(ratios),
             "spread": [min(ratios), max(ratios)],
             "peak_rss_ratio": mem,
+            "peak_rss_spread": [min(mem_ratios), max(mem_ratios)],
+            "pyrotrain_peak_rss_mb": statistics.median(rss_ours),
+            "reference_peak_rss_mb": statistics.median(rss_ref),
             "target": TARGETS.get(model, DEFAULT_TARGET),
             "steps": steps,
             "repeats": repeats,

@@ -9,7 +9,6 @@ torch optimizer (built when the group's first parameter arrives). The stack subc
 from __future__ import annotations
 
 import fnmatch
-import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from pyro.optim import PyroOptim
 
 from ..config import to_plain
 from ..errors import PyrotrainError
-from ..registry import OPTIMIZERS, call_with_kwargs
+from ..registry import FOREACH_BY_DEFAULT, OPTIMIZERS, call_with_kwargs
 from .schedulers import SchedulerSpec, build_scheduler, step_scheduler
 
 GROUP_KEYS = ("params", "optimizer", "scheduler", "clip", "frozen", "optional")
@@ -288,9 +287,12 @@ class OptimizerStack(PyroOptim):
             return
         if group.optimizer is None:
             cls = OPTIMIZERS.get(spec.optimizer, f"{spec.key}.optimizer.name")
+            args = dict(spec.optimizer_args)
+            if spec.optimizer in FOREACH_BY_DEFAULT:
+                args.setdefault("foreach", True)
             try:
                 group.optimizer = call_with_kwargs(
-                    cls, spec.optimizer_args, f"{spec.key}.optimizer", list(group.params)
+                    cls, args, f"{spec.key}.optimizer", list(group.params)
                 )
             except (TypeError, ValueError) as e:
                 raise PyrotrainError(
@@ -379,9 +381,11 @@ class OptimizerStack(PyroOptim):
     @torch.no_grad()
     def nonfinite_groups(self, params: Iterable[torch.Tensor]) -> list[str]:
         """The groups with a NaN or infinite gradient among ``params`` (usually none: one fused
-        max-abs over all gradients decides that)."""
+        L1 norm over all gradients decides that)."""
         grads = [p.grad for p in params if p.grad is not None and p.grad.numel()]
-        if not grads or bool(torch.stack(torch._foreach_norm(grads, math.inf)).isfinite().all()):
+        # The sum of |g| is NaN or inf when any element is (or, for absurdly large gradients,
+        # when it overflows: the exact check below then has the last word).
+        if not grads or bool(torch.stack(torch._foreach_norm(grads, 1)).sum().isfinite()):
             return []
         params = params if isinstance(params, (set, frozenset)) else set(params)
         return [
