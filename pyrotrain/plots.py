@@ -10,11 +10,17 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
-import matplotlib
 
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
+def _pyplot() -> Any:
+    """matplotlib.pyplot, imported on first use (half a second: not before the first step)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -46,7 +52,7 @@ def _positive(values: list[float]) -> bool:
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
@@ -65,7 +71,7 @@ def plot_run(run_dir: str | Path, log_scale: bool | None = None) -> list[Path]:
     s_steps, smoothed = _series(rows, "smoothed_loss")
     if log_scale is None:
         log_scale = _positive(loss) and max(loss) / min(loss) > 20
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = _pyplot().subplots(figsize=(7, 4.2))
     ax.plot(steps, loss, color="tab:blue", alpha=0.35, lw=1, label="loss (mean per log row)")
     ax.plot(s_steps, smoothed, color="tab:blue", lw=2, label="smoothed loss")
     ax.set(xlabel="step", ylabel="loss (negative ELBO)", title=f"Loss: {run_dir.name}")
@@ -82,7 +88,7 @@ def plot_run(run_dir: str | Path, log_scale: bool | None = None) -> list[Path]:
         keys = sorted({k for r in rows for k in r if k.startswith(prefix)})
         if not keys:
             continue
-        fig, ax = plt.subplots(figsize=(7, 4.2))
+        fig, ax = _pyplot().subplots(figsize=(7, 4.2))
         all_values = []
         for key in keys:
             xs, ys = _series(rows, key)
@@ -130,7 +136,7 @@ def plot_sweep(sweep_dir: str | Path, log_scale: bool | None = None) -> Path | N
     jobs = sweep_jobs(sweep_dir)
     if not jobs:
         return None
-    fig, ax = plt.subplots(figsize=(8, 4.8))
+    fig, ax = _pyplot().subplots(figsize=(8, 4.8))
     all_values = []
     labels = job_labels(jobs)
     for job in jobs:
