@@ -206,6 +206,11 @@ def main() -> None:
     try:
         _start_distributed()
         _job()
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once, without a checkpoint
+        if user_wants_trace:
+            raise
+        Console(stderr=True).print("[bold red]interrupted[/]", highlight=False)
+        sys.exit(130)
     except Exception as exc:
         message = user_error_message(exc)
         if user_wants_trace:

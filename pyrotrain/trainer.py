@@ -518,7 +518,7 @@ class Trainer:
                     metrics.write(row)
                     display.update(step, smoothed.value, lrs, row["steps_per_s"])
                     window_start, window_samples, window_steps, window_losses = now, 0, 0, []
-                if stop:
+                if stop and step < total:  # at the last step, finishing is quicker
                     self._stop(stop, signals.signum, state, smoothed, metrics)
                 if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == total:
                     self._checkpoint(state, smoothed, metrics)

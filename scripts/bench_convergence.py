@@ -127,7 +127,7 @@ def main() -> None:
     torch.set_num_threads(1)
     seeds = [0, 1, 2] if args.quick else [0, 1, 2, 3, 4]
     grid_size = 2 if args.quick else 3
-    steps = {"timeseries": 200 if args.quick else 1000, "sparse": 100 if args.quick else 800}
+    steps = {"timeseries": 200 if args.quick else 600, "sparse": 100 if args.quick else 400}
     results = []
     for name in args.cases.split(","):
         row = run_case(name, steps[name], seeds, grid_size)

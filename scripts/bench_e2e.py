@@ -67,7 +67,9 @@ def worker(impl: str, overrides: list[str], steps: int) -> dict:
     from pyrotrain.trainer import Trainer, build
 
     def one_run(n: int) -> tuple[float, float]:
-        cfg = pyrotrain.compose([*overrides, f"trainer.steps={n}", "trainer.progress=none"])
+        # eval_num_samples: pyrotrain evaluates after the (timed) loop; keep that short
+        settings = [f"trainer.steps={n}", "trainer.progress=none", "trainer.eval_num_samples=1"]
+        cfg = pyrotrain.compose([*overrides, *settings])
         pyro.clear_param_store()
         run = build(cfg)
         if impl == "pyrotrain":
