@@ -439,7 +439,7 @@ def test_ctrl_c_to_horovodrun_stops_every_rank_after_the_same_step(tmp_path):
     """horovodrun turns Ctrl-C into SIGTERM for its ranks; they agree (through the gradient
     allreduce) on the step to stop after, rank 0 checkpoints, and the resumed job ends where an
     uninterrupted one does."""
-    args = [*RESUME, "trainer.steps=1500", "trainer.log_every=1", "trainer.progress=plain"]
+    args = [*RESUME, "trainer.steps=500", "trainer.log_every=1", "trainer.progress=plain"]
     env = {
         **os.environ,
         "PYTHONPATH": str(TESTS),
@@ -469,16 +469,18 @@ def test_ctrl_c_to_horovodrun_stops_every_rank_after_the_same_step(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail("horovodrun did not stop after Ctrl-C")
     out = "".join(lines) + out
-    assert "Process 0 exit with status code 143" in out, out[-3000:]
-    assert "Process 1 exit with status code 143" in out
+    # every rank got SIGTERM and asked to stop; rank 0 stopped after the step they agreed on
+    for rank in (0, 1):
+        assert f"[{rank}]<stderr>:SIGTERM: stopping after this step" in out, out[-3000:]
+    assert "exit with status code 143" in out  # horovodrun reports the first rank to exit
     assert "trainer.resume=" in out
     from pyrotrain.checkpoint import list_checkpoints, load_checkpoint
 
     stopped = load_checkpoint(list_checkpoints(tmp_path / "run")[0])
-    assert 20 <= stopped["step"] < 1500 and len(stopped["rng"]) == 2
+    assert 20 <= stopped["step"] < 500 and len(stopped["rng"]) == 2
 
     r = hvdrun(tmp_path, *args, "trainer.resume=auto", "hydra.run.dir=run", cwd=tmp_path)
     assert r.returncode == 0, r.output
     r = hvdrun(tmp_path, *args, "hydra.run.dir=straight", cwd=tmp_path)
     assert r.returncode == 0, r.output
-    _assert_same_final_state(tmp_path / "straight", tmp_path / "run", 1500)
+    _assert_same_final_state(tmp_path / "straight", tmp_path / "run", 500)
