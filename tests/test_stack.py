@@ -16,6 +16,7 @@ from toy_models import LateParam, NetRegression, local_latent_model, make_series
 from pyrotrain.data import make_regression
 from pyrotrain.errors import PyrotrainError
 from pyrotrain.optim import OptimizerStack
+from pyrotrain.registry import FOREACH_BY_DEFAULT, OPTIMIZERS
 
 STEPS = 50
 
@@ -440,3 +441,23 @@ def test_scheduler_on_an_optimizer_without_lr_is_a_clear_error():
     p.grad = torch.ones(2)
     with pytest.raises(PyrotrainError, match="AdagradRMSProp's step size is eta"):
         stack({p})
+
+
+@pytest.mark.parametrize("name", sorted(FOREACH_BY_DEFAULT))
+def test_foreach_default_steps_bitwise_like_the_per_tensor_loop(name):
+    """The stack turns on foreach for these torch optimizers: that must not change one bit."""
+    cls = OPTIMIZERS.get(name)
+    start = [torch.randn(s, generator=torch.Generator().manual_seed(i)) for i, s in
+             enumerate([(3,), (4, 5), ()])]  # fmt: skip
+    results = []
+    for foreach in (False, True):
+        params = [p.clone().requires_grad_() for p in start]
+        extra = {"momentum": 0.9} if name == "sgd" else {}
+        opt = cls(params, lr=0.01, foreach=foreach, **extra)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(30):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+        results.append([p.detach().clone() for p in params])
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
