@@ -12,7 +12,6 @@ SIGKILL during a write leaves the previous checkpoints intact; the last ``keep``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -163,10 +162,6 @@ def shape_of(config: dict[str, Any], groups: dict[str, dict], world_size: int) -
     }
 
 
-def shape_hash(shape: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(shape, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def first_difference(saved: Any, now: Any, key: str = "") -> tuple[str, Any, Any] | None:
     """The first dotted key at which two nested configs differ, with both values."""
     if isinstance(saved, dict) and isinstance(now, dict):
@@ -182,10 +177,10 @@ def first_difference(saved: Any, now: Any, key: str = "") -> tuple[str, Any, Any
 
 
 def check_compatible(payload: dict[str, Any], shape: dict[str, Any], path: Path) -> None:
-    saved = payload["shape"]
-    if shape_hash(saved) == shape_hash(shape):
+    difference = first_difference(payload["shape"], shape)
+    if difference is None:
         return
-    key, was, now = first_difference(saved, shape) or ("config", "?", "?")
+    key, was, now = difference
     raise PyrotrainError(
         f"the checkpoint {path} was trained with {key}={was!r}, this config has {now!r}; "
         "its saved state does not fit this run",

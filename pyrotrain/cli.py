@@ -44,10 +44,10 @@ def _job(cfg: DictConfig) -> float:
     try:
         summary = train(cfg, run_dir)
     except PyrotrainError as exc:
-        if _show_traceback:
-            raise
         if exc.exit_code == EXIT_USAGE and is_main_process():
             undo_outputs(run_dir)  # bad input writes nothing
+        if _show_traceback:
+            raise
         if exc.exit_code != EXIT_USAGE and not is_main_process():
             sys.exit(exc.exit_code)  # rank 0 says why the job stopped
         # Exit here: an exception would make Hydra print its own report before ours.

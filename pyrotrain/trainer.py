@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pyro
-import pyro.poutine as poutine
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pyro.contrib.forecast.util import MarkDCTParamMessenger
@@ -589,7 +588,7 @@ class Trainer:
         those very tensors, and the optimizer state and random number generators restored.
         """
         run = self.run
-        with poutine.trace(param_only=True) as capture, torch.no_grad():
+        with _CollectParams() as capture, torch.no_grad():
             run.elbo.loss(run.model, run.guide, **self._batch(index))
         store = pyro.get_param_store()
         current = dict(store.named_parameters())
@@ -610,7 +609,7 @@ class Trainer:
             store.set_state(
                 {"params": later, "constraints": {n: saved["constraints"][n] for n in later}}
             )
-        run.stack.assign(s["value"].unconstrained() for s in capture.trace.nodes.values())
+        run.stack.assign(capture.params)
         run.stack.load_state_dict(payload["optim"])
         changed = run.stack.apply_changed_args(payload["optimizer_args"])
         if changed and run.backend.is_main:
