@@ -148,7 +148,7 @@ register_elbo = ELBOS.register
 # ~35 us per tensor on this project's 2-core machine; a group of hundreds of small parameters
 # steps about twice as fast with foreach. A group's own ``foreach:`` setting wins.
 FOREACH_BY_DEFAULT = frozenset(
-    ["adam", "adamw", "sgd", "rmsprop", "adagrad", "adadelta", "adamax", "rprop"]
+    ["torch_adam", "torch_adamw", "sgd", "rmsprop", "adagrad", "adadelta", "adamax", "rprop"]
 )
 
 
@@ -161,10 +161,14 @@ def _register_builtins() -> None:
     OPTIMIZERS.register("pyro_adagrad_rmsprop", "pyro.optim.adagrad_rmsprop:AdagradRMSProp")
     OPTIMIZERS.register("pyro_dct_adam", "pyro.optim.dct_adam:DCTAdam")
     OPTIMIZERS.register("pyro_clipped_adam", "pyro.optim.clipped_adam:ClippedAdam")
+    # torch's Adam and AdamW with torch's math, updating a whole group per call (pyrotrain.optim);
+    # torch_adam and torch_adamw are torch's classes (fused, capturable, differentiable; comparison).
+    OPTIMIZERS.register("adam", "pyrotrain.optim.adam:Adam")
+    OPTIMIZERS.register("adamw", "pyrotrain.optim.adam:AdamW")
     # torch.optim optimizers that need no closure and take dense gradients (what SVI produces).
     for name, cls in [
-        ("adam", "Adam"),
-        ("adamw", "AdamW"),
+        ("torch_adam", "Adam"),
+        ("torch_adamw", "AdamW"),
         ("sgd", "SGD"),
         ("rmsprop", "RMSprop"),
         ("adagrad", "Adagrad"),

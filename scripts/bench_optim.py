@@ -2,7 +2,8 @@
 """Benchmark pyrotrain's multi-tensor optimizers against Pyro's per-parameter ones.
 
 Pyro is timed as SVI uses it: ``pyro.optim.PyroOptim(cls, args)`` holding one Pyro
-optimizer per parameter and called with the parameter list. Ours is one optimizer
+optimizer (for Adam, torch's: ``pyro.optim.Adam``) per parameter and called with the
+parameter list. Ours is one optimizer
 over all parameters, ``opt.step()``. Both run on one CPU thread, side by side with
 interleaved repeats after a warm-up, on separate copies of the same parameters and
 gradients.
@@ -12,7 +13,7 @@ relative to the median. On the largest shape the achieved memory bandwidth of th
 update is reported as a fraction of a plain ``Tensor.copy_`` moving the same number
 of bytes (timed interleaved with the optimizers). The bytes counted are the logical
 minimum the update has to move: reading param, grad and state and writing param and
-state (ClippedAdam/DCTAdam: read p, g, m, v and write p, m, v = 7 arrays;
+state (ClippedAdam/DCTAdam/Adam: read p, g, m, v and write p, m, v = 7 arrays;
 AdagradRMSProp: read p, g, sum and write p, sum = 5 arrays).
 
 Usage::
@@ -39,6 +40,7 @@ from pyro.optim.clipped_adam import ClippedAdam as PyroClippedAdam
 from pyro.optim.dct_adam import DCTAdam as PyroDCTAdam
 
 from pyrotrain.optim.adagrad_rmsprop import AdagradRMSProp
+from pyrotrain.optim.adam import Adam
 from pyrotrain.optim.clipped_adam import ClippedAdam
 from pyrotrain.optim.dct_adam import DCTAdam
 
@@ -46,6 +48,7 @@ OPTIMIZERS = {
     "AdagradRMSProp": (PyroAdagradRMSProp, AdagradRMSProp, {}, 5),
     "ClippedAdam": (PyroClippedAdam, ClippedAdam, {}, 7),
     "DCTAdam": (PyroDCTAdam, DCTAdam, {}, 7),
+    "Adam": (torch.optim.Adam, Adam, {}, 7),  # pyro.optim.Adam: torch's Adam per parameter
 }
 SHAPES = [(1000, 10), (200, 100), (10, 100000)]
 # issue #6: minimum speedups over Pyro (one thread), and of copy bandwidth on the largest

@@ -205,7 +205,7 @@ def micro_worker(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="one batch size, fewer steps (~3 min)")
+    ap.add_argument("--quick", action="store_true", help="one batch size, one repeat, fewer steps (~1 min)")
     ap.add_argument("--out", default=str(REPO / "bench" / "scaling.json"))
     ap.add_argument("--nps", default="1,2", help="rank counts, comma-separated")
     ap.add_argument("--batches", default=None, help="rows per rank per step, comma-separated")
@@ -226,7 +226,7 @@ def main() -> None:
     nps = [int(k) for k in args.nps.split(",")]
     default_batches = "10000" if args.quick else "10000,50000"
     batches = [int(b) for b in (args.batches or default_batches).split(",")]
-    repeats = args.repeats or (2 if args.quick else 3)
+    repeats = args.repeats or (1 if args.quick else 3)
     # --quick measures the default strategy only (each horovodrun start costs ~8 s)
     strategies = (args.strategies or ("fused" if args.quick else ",".join(STRATEGIES))).split(",")
     timeout = 300.0

@@ -1,4 +1,5 @@
-"""Equivalence of pyrotrain's multi-tensor optimizers with Pyro's per-parameter ones.
+"""Equivalence of pyrotrain's multi-tensor optimizers with Pyro's per-parameter ones (and, for
+Adam and AdamW, with torch's per-tensor loop, which ``pyro.optim.Adam`` runs per parameter).
 
 Both optimizers are driven with the same deterministic sequence of gradients, each
 computed from the optimizer's *own* current parameters (``grad = f(param) + noise``),
@@ -24,6 +25,7 @@ from pyro.optim.clipped_adam import ClippedAdam as PyroClippedAdam
 from pyro.optim.dct_adam import DCTAdam as PyroDCTAdam
 
 from pyrotrain.optim.adagrad_rmsprop import AdagradRMSProp
+from pyrotrain.optim.adam import Adam, AdamW
 from pyrotrain.optim.clipped_adam import ClippedAdam
 from pyrotrain.optim.dct_adam import DCTAdam
 
@@ -409,6 +411,121 @@ def test_deepcopy_and_add_param_group():
     )
 
 
+# --------------------------------------------------------------------------- Adam, AdamW
+# name: (ours, torch's, constructor kwargs, group kwargs)
+ADAM_CASES = {
+    "plain": (Adam, torch.optim.Adam, {"lr": 0.05}, [{}, {"lr": 0.01, "betas": (0.8, 0.99)}]),
+    "weight-decay": (Adam, torch.optim.Adam, {"lr": 0.05, "weight_decay": 0.1}, [{}, {"eps": 1e-3}]),
+    "amsgrad": (Adam, torch.optim.Adam, {"lr": 0.05}, [{"amsgrad": True}, {}]),
+    "maximize": (Adam, torch.optim.Adam, {"lr": 0.05, "maximize": True}, [{}, {}]),
+    "decoupled": (
+        Adam,
+        torch.optim.Adam,
+        {"lr": 0.05, "weight_decay": 0.1, "decoupled_weight_decay": True},
+        [{}, {"amsgrad": True}],
+    ),
+    "adamw": (AdamW, torch.optim.AdamW, {"lr": 0.05}, [{}, {"weight_decay": 0.3}]),
+}
+
+
+def assert_adam_states_equal(ours, theirs, p_ours, p_theirs):
+    """Same params have state, with the same keys; tensors bitwise, torch's step tensor == int."""
+    for po, pt in zip(p_ours, p_theirs, strict=True):
+        so, st = ours.state.get(po, {}), theirs.state.get(pt, {})
+        assert sorted(so) == sorted(st)
+        for key in st:
+            if key == "step":
+                assert type(so[key]) is int and so[key] == st[key].item()
+            else:
+                assert torch.equal(so[key], st[key]), key
+
+
+@pytest.mark.parametrize("list_mode", [False, True], ids=["default", "list-mode"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", list(ADAM_CASES))
+def test_adam_steps_bitwise_like_torch(case, dtype, list_mode):
+    """100 steps, some params without a gradient on some steps (so their steps differ): the
+    params, every gradient and the whole state are bitwise torch's per-tensor loop."""
+    ours_cls, torch_cls, kwargs, groups = ADAM_CASES[case]
+    specs = PLAIN_SPECS
+    p_ours = make_params(specs, dtype)
+    p_theirs = clone_params(p_ours)
+    ours = ours_cls(param_groups(p_ours, specs, groups), **kwargs)
+    if list_mode:
+        ours.gather_max_numel = 0
+    theirs = torch_cls(param_groups(p_theirs, specs, groups), foreach=False, **kwargs)
+    gradients = GradientSequence(specs, dtype)
+    run_pair(ours, theirs, p_ours, p_theirs, gradients, 100, 0.0)
+    for a, b in zip(p_ours, p_theirs, strict=True):
+        assert torch.equal(a, b)
+    assert_adam_states_equal(ours, theirs, p_ours, p_theirs)
+
+
+def test_adam_uniform_steps_take_the_flat_path_and_stay_bitwise():
+    """Every param has a gradient every step: the whole group is one flat update."""
+    specs = [((2,), None, 0)] * 200 + [((), None, 0), ((3, 4), None, 0)]
+    p_ours = make_params(specs, torch.float32)
+    p_theirs = clone_params(p_ours)
+    ours = Adam(p_ours, lr=0.05, weight_decay=0.01, amsgrad=True)
+    theirs = torch.optim.Adam(p_theirs, lr=0.05, weight_decay=0.01, amsgrad=True, foreach=False)
+    gradients = GradientSequence(specs, torch.float32, none_prob=0.0)
+    run_pair(ours, theirs, p_ours, p_theirs, gradients, 50, 0.0)
+    (plan,) = ours._plans.values()
+    assert len(plan.buckets) == 1 and plan.buckets[0].gather and plan.buckets[0].uniform_step == 50
+    assert_adam_states_equal(ours, theirs, p_ours, p_theirs)
+
+
+@pytest.mark.parametrize("direction", ["torch->ours", "ours->torch"])
+def test_adam_state_dict_interchangeable_with_torch(direction):
+    specs = PLAIN_SPECS
+    dtype = torch.float64
+
+    def ours(params):
+        return Adam(params, lr=0.05, amsgrad=True)
+
+    def theirs(params):
+        return torch.optim.Adam(params, lr=0.05, amsgrad=True, foreach=False)
+
+    first, second = (theirs, ours) if direction == "torch->ours" else (ours, theirs)
+    p_ref = make_params(specs, dtype)
+    p_first = clone_params(p_ref)
+    ref = theirs(p_ref)
+    opt = first(p_first)
+    gradients = GradientSequence(specs, dtype)
+    run_pair(opt, ref, p_first, p_ref, gradients, 30, 0.0)
+    p_second = clone_params(p_first)
+    opt2 = second(p_second)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    run_pair(opt2, ref, p_second, p_ref, gradients, 30, 0.0, start=30)
+    for a, b in zip(p_second, p_ref, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_adam_refuses_what_torch_refuses():
+    p = torch.zeros(3, requires_grad=True)
+    for kwargs in ({"lr": -1.0}, {"eps": -1.0}, {"betas": (1.0, 0.9)}, {"weight_decay": -0.1}):
+        with pytest.raises(ValueError):
+            Adam([p], **kwargs)
+    with pytest.raises(ValueError, match="torch_adam"):
+        Adam([p], lr=torch.tensor(0.1))
+    opt = Adam([p])
+    p.grad = torch.zeros(3).to_sparse()
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+
+
+def test_adam_complex_params_step_like_torch():
+    p = torch.randn(4, dtype=torch.complex64, requires_grad=True)
+    q = p.detach().clone().requires_grad_()
+    ours, theirs = Adam([p], lr=0.1), torch.optim.Adam([q], lr=0.1, foreach=False)
+    for k in range(5):
+        grad = torch.randn(4, dtype=torch.complex64, generator=torch.Generator().manual_seed(k))
+        p.grad, q.grad = grad.clone(), grad.clone()
+        ours.step()
+        theirs.step()
+    assert torch.equal(p, q)
+
+
 # --------------------------------------------------------------------------- through SVI
 T_LEN, N_DATA = 12, 20
 
@@ -466,6 +583,7 @@ SVI_CASES = {
         {"lr": 0.05, "lrd": 0.99, "clip_norm": 1.0, "weight_decay": 0.01},
     ),
     "DCTAdam": (PyroDCTAdam, DCTAdam, {"lr": 0.05, "lrd": 0.99, "subsample_aware": True}),
+    "Adam": (torch.optim.Adam, Adam, {"lr": 0.05}),  # pyro.optim.Adam
 }
 
 
@@ -488,8 +606,9 @@ def test_svi_param_store_matches_pyro(name, default_dtype):
     for optim in optims:
         actual = run_svi(optim)
         assert list(actual) == list(expected)
+        rtol = 0.0 if name == "Adam" else RTOL[default_dtype]  # Adam: bitwise
         for key in expected:
-            assert_close(actual[key], expected[key], RTOL[default_dtype], key)
+            assert_close(actual[key], expected[key], rtol, key)
     if name == "DCTAdam" and default_dtype == torch.float64:
         # The time-local params were DCT-marked and the data-local ones subsampled, and
         # both matter, so ignoring either would fail the comparison above.

@@ -1,6 +1,7 @@
 """Optimizer stacks, schedulers and pyrotrain's optimizers."""
 
 from .adagrad_rmsprop import AdagradRMSProp
+from .adam import Adam, AdamW
 from .clipped_adam import ClippedAdam
 from .dct_adam import DCTAdam
 from .schedulers import SchedulerSpec, build_scheduler
@@ -8,6 +9,8 @@ from .stack import DCTMark, GroupSpec, OptimizerStack, parse_groups
 
 __all__ = [
     "AdagradRMSProp",
+    "Adam",
+    "AdamW",
     "ClippedAdam",
     "DCTAdam",
     "DCTMark",

@@ -292,6 +292,10 @@ class MultiTensorOptimizer(Optimizer):
     def _state_shape(self, p: Tensor, key: tuple) -> tuple[int, ...]:
         return tuple(p.shape)
 
+    def _state_keys(self, key: tuple) -> tuple[str, ...]:
+        """The state keys packed into flat buffers for params of update kind ``key``."""
+        return self._flat_keys
+
     def _is_started(self, state: dict) -> bool:
         return bool(state)
 
@@ -300,7 +304,7 @@ class MultiTensorOptimizer(Optimizer):
         if type(step) is not int:
             return False
         shape = self._state_shape(p, key)
-        for k in self._flat_keys:
+        for k in self._state_keys(key):
             v = state.get(k)
             if not isinstance(v, Tensor) or tuple(v.shape) != shape:
                 return False
@@ -324,7 +328,7 @@ class MultiTensorOptimizer(Optimizer):
                         [index[j] for j in sel],
                         [states[j] for j in sel],
                         [self._state_shape(p, key) for p in ps],
-                        self._flat_keys,
+                        self._state_keys(key),
                         gather=gather,
                         info=key,
                     )
