@@ -162,7 +162,7 @@ def _register_builtins() -> None:
     OPTIMIZERS.register("pyro_dct_adam", "pyro.optim.dct_adam:DCTAdam")
     OPTIMIZERS.register("pyro_clipped_adam", "pyro.optim.clipped_adam:ClippedAdam")
     # torch's Adam and AdamW with torch's math, updating a whole group per call (pyrotrain.optim);
-    # torch_adam and torch_adamw are torch's classes (fused, capturable, differentiable; comparison).
+    # torch_adam and torch_adamw are torch's classes (fused, capturable, differentiable).
     OPTIMIZERS.register("adam", "pyrotrain.optim.adam:Adam")
     OPTIMIZERS.register("adamw", "pyrotrain.optim.adam:AdamW")
     # torch.optim optimizers that need no closure and take dense gradients (what SVI produces).

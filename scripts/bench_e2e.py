@@ -105,7 +105,8 @@ def _handwritten(run, steps: int) -> tuple[float, float]:
     spec = group.spec
     name = spec.optimizer
     # the class pyro.optim wraps: Pyro's own for Pyro's optimizers, torch's for Adam and AdamW
-    cls = next(OPTIMIZERS.get(n) for n in (f"pyro_{name}", f"torch_{name}", name) if n in OPTIMIZERS)
+    names = (f"pyro_{name}", f"torch_{name}", name)
+    cls = next(OPTIMIZERS.get(n) for n in names if n in OPTIMIZERS)
     optim = pyro.optim.PyroOptim(cls, dict(spec.optimizer_args))
     svi = SVI(run.model, run.guide, optim, run.elbo)
     data = run.data

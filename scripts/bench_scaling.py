@@ -205,7 +205,7 @@ def micro_worker(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="one batch size, one repeat, fewer steps (~1 min)")
+    ap.add_argument("--quick", action="store_true", help="1 batch size, 1 repeat (~1 min)")
     ap.add_argument("--out", default=str(REPO / "bench" / "scaling.json"))
     ap.add_argument("--nps", default="1,2", help="rank counts, comma-separated")
     ap.add_argument("--batches", default=None, help="rows per rank per step, comma-separated")

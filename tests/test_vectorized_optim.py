@@ -415,7 +415,12 @@ def test_deepcopy_and_add_param_group():
 # name: (ours, torch's, constructor kwargs, group kwargs)
 ADAM_CASES = {
     "plain": (Adam, torch.optim.Adam, {"lr": 0.05}, [{}, {"lr": 0.01, "betas": (0.8, 0.99)}]),
-    "weight-decay": (Adam, torch.optim.Adam, {"lr": 0.05, "weight_decay": 0.1}, [{}, {"eps": 1e-3}]),
+    "weight-decay": (
+        Adam,
+        torch.optim.Adam,
+        {"lr": 0.05, "weight_decay": 0.1},
+        [{}, {"eps": 1e-3}],
+    ),
     "amsgrad": (Adam, torch.optim.Adam, {"lr": 0.05}, [{"amsgrad": True}, {}]),
     "maximize": (Adam, torch.optim.Adam, {"lr": 0.05, "maximize": True}, [{}, {}]),
     "decoupled": (
