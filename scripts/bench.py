@@ -10,7 +10,10 @@ number. ``--quick`` passes ``--quick`` to each benchmark and should finish in un
 
 Usage::
 
-    python scripts/bench.py [--quick] [--only e2e,optim,scaling,convergence]
+    python scripts/bench.py [--quick] [--only e2e,optim,scaling,convergence] [--no-run]
+
+``--only`` re-runs the named benchmarks and keeps the others' figures from the last run
+(results.md names them and their date); ``--no-run`` only re-gathers the JSON files in bench/.
 """
 
 from __future__ import annotations
@@ -189,6 +192,15 @@ def markdown(results: dict) -> str:
         f"load average before the run {m['load_average_before']}. "
         "Each ratio was measured in this run, pyrotrain and the reference side by side; "
         "ratio above 1 means pyrotrain is better (for times: reference / pyrotrain).",
+    ]
+    kept = {k: v["date"] for k, v in results["benchmarks"].items() if v.get("kept")}
+    if kept:
+        lines[-1] += (
+            " Not re-run this time (`--only`), kept from an earlier run: "
+            + ", ".join(f"{k} ({d})" for k, d in kept.items())
+            + "."
+        )
+    lines += [
         "",
         "| benchmark | unit | pyrotrain | reference | ratio | spread | target | met |",
         "|---|---|---|---|---|---|---|---|",
@@ -228,8 +240,22 @@ def main() -> None:
     load_before = [round(x, 2) for x in os.getloadavg()]
     ran: dict[str, dict] = {}
     rows: list[dict] = []
-    for name in args.only.split(","):
+    previous = BENCH / "results.json"
+    old = json.loads(previous.read_text()) if previous.exists() else None
+    now = datetime.datetime.now().isoformat(timespec="seconds")
+    only = args.only.split(",")
+    unknown = [n for n in only if n not in SCRIPTS]
+    if unknown:
+        parser.error(f"--only: unknown benchmark {unknown[0]!r}; valid: {', '.join(SCRIPTS)}")
+    for name in SCRIPTS:
         out = BENCH / f"{name}.json"
+        if name not in only:
+            # not run this time: keep the last run's figures, marked with that run's date
+            kept = (old or {}).get("benchmarks", {}).get(name)
+            if kept and kept["returncode"] == 0 and old["quick"] == args.quick and out.exists():
+                ran[name] = {**kept, "date": kept.get("date", old["date"]), "kept": True}
+                rows += ROWS[name](json.loads(out.read_text()))
+            continue
         cmd = [sys.executable, str(ROOT / "scripts" / SCRIPTS[name]), "--out", str(out)]
         if args.quick:
             cmd.append("--quick")
@@ -239,11 +265,15 @@ def main() -> None:
             print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
             start = time.perf_counter()
             proc = subprocess.run(cmd, cwd=ROOT, check=False)
-            ran[name] = {"returncode": proc.returncode, "seconds": time.perf_counter() - start}
+            ran[name] = {
+                "returncode": proc.returncode,
+                "seconds": time.perf_counter() - start,
+                "date": now,
+            }
         if ran[name]["returncode"] == 0:
             rows += ROWS[name](json.loads(out.read_text()))
     results = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "date": now,
         "quick": args.quick,
         "machine": {
             "platform": platform.platform(),
@@ -256,8 +286,7 @@ def main() -> None:
         "benchmarks": ran,
         "rows": rows,
     }
-    previous = BENCH / "results.json"
-    if args.no_run and previous.exists():  # the figures are the earlier run's: so is its header
+    if args.no_run and old is not None:  # the figures are the earlier run's: so is its header
         old = json.loads(previous.read_text())
         results.update({k: old[k] for k in ("date", "quick", "machine", "benchmarks")})
     (BENCH / "results.json").write_text(json.dumps(results, indent=2) + "\n")

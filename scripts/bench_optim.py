@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     global clock
     clock = CLOCKS[args.clock]
     if args.repeats is None:
-        args.repeats = 5 if args.quick else 15
+        args.repeats = 3 if args.quick else 15
     args.warmup = 3 if args.quick else 10
     args.steps = 10 if args.quick else 30
     torch.set_num_threads(args.threads)
