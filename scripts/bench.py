@@ -287,7 +287,6 @@ def main() -> None:
         "rows": rows,
     }
     if args.no_run and old is not None:  # the figures are the earlier run's: so is its header
-        old = json.loads(previous.read_text())
         results.update({k: old[k] for k in ("date", "quick", "machine", "benchmarks")})
     (BENCH / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (BENCH / "results.md").write_text(markdown(results))
