@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from omegaconf import DictConfig
 
-from .trainer import train
+from .loop import train
 
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:

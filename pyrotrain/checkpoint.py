@@ -6,14 +6,13 @@ scheduler state, the step and the number of minibatches consumed (the position i
 order), the loop's own state (smoothed loss, the epoch's losses, the count of skipped steps), the
 RNG states of every rank (torch, python, numpy, CUDA) and the config it was trained with.
 
-Files are written atomically (temporary file, fsync, rename, fsync of the directory), so a crash or
+Files are written atomically (:mod:`pyrotrain.io`: temporary file, fsync, rename, fsync of the directory), so a crash or
 SIGKILL during a write leaves the previous checkpoints intact; the last ``keep`` are kept.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import warnings
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 
 from .errors import PyrotrainError
+from .io import atomic_write, remove_stale_temporaries, write_text
 
 FORMAT = 1
 DIRNAME = "checkpoints"
@@ -47,30 +47,12 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(payload: dict[str, Any], run_dir: Path, keep: int) -> Path:
     """Write ``payload`` atomically as the checkpoint of ``payload['step']``; prune to ``keep``."""
     path = checkpoint_path(run_dir, payload["step"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(".step-*.tmp*"):  # left by a process killed while writing
-        stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    remove_stale_temporaries(path.parent, "step-*")
+    atomic_write(path, lambda f: torch.save(payload, f))
     for old in list_checkpoints(path.parent)[keep:]:
         old.unlink(missing_ok=True)
     return path
@@ -222,6 +204,4 @@ def prune_metrics(path: Path, last_step: int) -> None:
             continue  # a half-written last line
         if step <= last_step:
             kept.append(line if line.endswith("\n") else line + "\n")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, "".join(kept))

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import time
-import traceback
 from pathlib import Path
 
 import hydra
@@ -26,11 +24,10 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.markup import escape
 
-from .distributed import START_TIME_VAR, is_main_process, launch_env, process_rank
+from .distributed import failure_message, is_main_process, process_rank, start_process
 from .errors import PyrotrainError
+from .loop import train
 from .outputs import undo as undo_outputs
-from .plots import plot_run
-from .trainer import train
 
 EXIT_USAGE = 2
 _show_traceback = False  # HYDRA_FULL_ERROR=1 as the user set it
@@ -67,8 +64,9 @@ def _job(cfg: DictConfig) -> float:
                 for k, v in summary["eval"].items()
             )
         )
-    if summary.get("world_size", 1) == 1 or os.environ.get("HOROVOD_RANK", "0") == "0":
-        plot_run(run_dir)
+    from .plots import plot_run
+
+    plot_run(run_dir)
     console.print(f"run dir: {run_dir}")
     return objective(summary, cfg.trainer.get("objective", "smoothed_loss"))
 
@@ -147,53 +145,6 @@ def _report(message: str, exit_code: int = EXIT_USAGE) -> None:
     sys.exit(exit_code)
 
 
-# Under horovodrun every rank runs Hydra; these keep the others from writing in the run dir.
-_NON_MAIN_OVERRIDES = (
-    "hydra.output_subdir=null",  # no .hydra/
-    "hydra/job_logging=stdout",  # no pyrotrain.log
-    "hydra.job_logging.root.level=WARNING",  # warnings only, tagged [rank R] by the backend
-    "hydra.hydra_logging.root.level=WARNING",
-)
-
-
-def _start_distributed() -> None:
-    """Under horovodrun: initialise Horovod, agree on rank 0's start time (Hydra's run and sweep
-    dirs are named after it) and keep the other ranks from writing anything."""
-    start = time.time()
-    launch = launch_env()
-    if launch is not None:
-        from .distributed.horovod import share_start_time
-
-        start = share_start_time(start)
-        if launch.rank != 0:
-            keys = tuple(o.split("=")[0] for o in _NON_MAIN_OVERRIDES)
-            sys.argv[1:] = [a for a in sys.argv[1:] if not a.startswith(keys)]
-            sys.argv.extend(_NON_MAIN_OVERRIDES)
-            _skip_multirun_yaml()
-    os.environ[START_TIME_VAR] = repr(start)
-
-
-def _skip_multirun_yaml() -> None:
-    """Hydra's sweeper saves multirun.yaml in the sweep dir whatever the config says; rank 0's
-    copy is the one to keep."""
-    from hydra._internal.core_plugins import basic_sweeper
-    from hydra.core.plugins import Plugins
-    from omegaconf import OmegaConf
-
-    Plugins.instance()  # its plugin scan re-executes basic_sweeper: patch after it
-
-    class _NoSave:
-        def __getattr__(self, name: str):
-            return getattr(OmegaConf, name)
-
-        @staticmethod
-        def save(*args, **kwargs) -> None:
-            return None
-
-    if getattr(basic_sweeper, "OmegaConf", None) is OmegaConf:
-        basic_sweeper.OmegaConf = _NoSave()
-
-
 def main() -> None:
     # Users' own models and data (model.target=mymodule:Model) import from the working directory.
     if os.getcwd() not in sys.path:
@@ -202,9 +153,9 @@ def main() -> None:
     user_wants_trace = _show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     # Hydra then re-raises instead of printing its own multi-paragraph report and exiting 1.
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    launch = launch_env()
+    launch = None
     try:
-        _start_distributed()
+        launch = start_process(sys.argv)
         _job()
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once, without a checkpoint
         if user_wants_trace:
@@ -216,15 +167,9 @@ def main() -> None:
         if user_wants_trace:
             raise
         if message is None and launch is not None and launch.size > 1:
-            # One rank down ends the job: this rank exits (horovodrun then stops the others, and
-            # their pending collectives fail) with a message that names it.
-            from .distributed.horovod import PeerFailure
-
-            if not isinstance(exc, PeerFailure):
-                traceback.print_exc()
-                message = f"rank {launch.rank} failed: {type(exc).__name__}: {exc}"
-            else:
-                message = str(exc)
+            # One rank down ends the job: this rank exits (the launcher then stops the others,
+            # and their pending collectives fail) with a message that names it.
+            message = failure_message(exc, launch)
             Console(stderr=True).print(
                 f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True
             )

@@ -1,220 +1,204 @@
-"""Typed view of the composed Hydra config, with validation whose errors name the key and the fix.
+"""The composed config, parsed once into a typed :class:`RunConfig` before anything is built.
 
-Hydra composes YAML; this module checks each section against a dataclass schema before anything
-heavy runs. The checks are deliberately plain Python: each field's type, allowed choices and bounds
-live in its dataclass metadata, so the error for ``trainer.steps=abc`` names the key, the value and
-what would be accepted.
+Every section is a frozen dataclass checked by :func:`pyrotrain.schema.parse`: ``trainer`` here,
+``optim`` and schedulers in :mod:`pyrotrain.optim.spec`, ``distributed`` by its engine's
+``Settings``; ``model``, ``data``, ``guide``, ``elbo`` and ``logger`` name a registered thing and
+pass the rest of their keys to it. Anything a user can get wrong fails here, with a message that
+names the key, the value and the valid choices.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf import DictConfig, OmegaConf
 
+from .distributed.base import DistributedConfig, parse_distributed
 from .errors import PyrotrainError
+from .optim.spec import DCTMark, GroupSpec, OptimConfig, SchedulerSpec, group_specs
+from .registry import DATASETS, ELBOS, GUIDES, MODELS, import_object
+from .schema import Named, coerce, parse, parse_named, setting, to_plain
 
-
-def _meta(
-    help: str, *, minimum: float | None = None, exclusive: bool = False, below: float | None = None
-) -> dict:
-    """``minimum`` (``exclusive``: strictly above it) and ``below`` (strictly) bound numbers."""
-    return {"help": help, "minimum": minimum, "exclusive": exclusive, "below": below}
+LOGGERS = ("jsonl", "csv", "tensorboard")
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    steps: int | None = field(default=1000, metadata=_meta("number of optimizer steps", minimum=1))
-    epochs: int | None = field(
-        default=None,
-        metadata=_meta("number of passes over the data; when set, overrides steps", minimum=1),
+    """The ``trainer`` section (conf/trainer/default.yaml lists the same defaults)."""
+
+    steps: int | None = setting("number of optimizer steps", default=1000, minimum=1)
+    epochs: int | None = setting(
+        "number of passes over the data; when set, overrides steps", default=None, minimum=1
     )
-    batch_size: int | None = field(
-        default=None, metadata=_meta("minibatch size; null means the full data", minimum=1)
+    batch_size: int | None = setting(
+        "rows per minibatch (per rank); null means the full data", default=100, minimum=1
     )
-    device: Literal["cpu", "cuda", "auto"] = field(
-        default="cpu", metadata=_meta("where tensors live; auto picks cuda when available")
+    accumulate_grad_batches: int = setting(
+        "minibatches whose gradients are averaged before each optimizer step (and allreduce); "
+        "steps still counts optimizer steps",
+        default=1,
+        minimum=1,
     )
-    dtype: Literal["float32", "float64"] = field(
-        default="float32", metadata=_meta("floating-point precision of data and parameters")
+    device: Literal["cpu", "cuda", "auto"] = setting(
+        "where tensors live; auto picks cuda when available", default="cpu"
     )
-    log_every: int = field(
-        default=10, metadata=_meta("steps between metrics rows and plain log lines", minimum=1)
+    dtype: Literal["float32", "float64"] = setting(
+        "floating-point precision of data and parameters", default="float32"
     )
-    progress: Literal["auto", "bar", "plain", "none"] = field(
-        default="auto",
-        metadata=_meta("auto: a progress bar on a terminal, plain lines otherwise"),
+    log_every: int = setting(
+        "steps between metrics rows and plain progress lines", default=10, minimum=1
     )
-    smoothing: float = field(
-        default=0.9,
-        metadata=_meta(
-            "weight of the past in the exponentially smoothed loss (0 to <1)", minimum=0, below=1
-        ),
+    progress: Literal["auto", "bar", "plain", "none"] = setting(
+        "auto: a progress bar on a terminal, plain lines otherwise", default="auto"
     )
-    objective: str = field(
+    smoothing: float = setting(
+        "weight of the past in the exponentially smoothed loss", default=0.9, minimum=0, below=1
+    )
+    objective: str = setting(
+        "what a run returns to a sweeper: smoothed_loss, final_loss or eval.<metric>",
         default="smoothed_loss",
-        metadata=_meta(
-            "what a run returns to a sweeper: smoothed_loss, final_loss or eval.<metric>"
-        ),
     )
-    eval_num_samples: int = field(
-        default=100, metadata=_meta("posterior samples drawn for the evaluation", minimum=1)
+    eval_num_samples: int = setting(
+        "posterior samples drawn for the held-out evaluation", default=100, minimum=1
     )
-    checkpoint_every: int | None = field(
+    checkpoint_every: int | None = setting(
+        "steps between checkpoints in checkpoints/ (one is always written at the end); "
+        "null: only the end",
+        default=500,
+        minimum=1,
+    )
+    keep_checkpoints: int = setting("how many of the newest checkpoints to keep", default=3, minimum=1)
+    resume: str | None = setting(
+        "a run directory or checkpoint file to continue from, or auto (this run directory's "
+        "newest readable checkpoint, if any)",
         default=None,
-        metadata=_meta(
-            "steps between checkpoints (one is always written at the end); null: only the end",
-            minimum=1,
-        ),
     )
-    keep_checkpoints: int = field(
-        default=3, metadata=_meta("how many of the newest checkpoints to keep", minimum=1)
-    )
-    resume: str | None = field(
-        default=None,
-        metadata=_meta(
-            "a run directory or checkpoint file to continue from, or auto (this run "
-            "directory's newest readable checkpoint, if any)"
-        ),
-    )
-    nan_policy: Literal["stop", "skip", "reduce_lr"] = field(
+    nan_policy: Literal["stop", "skip", "reduce_lr"] = setting(
+        "on a non-finite loss or gradient: stop (exit 1, checkpoints kept), skip the step, or "
+        "skip it and reduce_lr of the groups at fault",
         default="stop",
-        metadata=_meta(
-            "on a non-finite loss or gradient: stop (exit 1, checkpoints kept), skip the step, "
-            "or skip it and reduce_lr of the groups at fault"
-        ),
     )
-    max_bad_steps: int = field(
-        default=10,
-        metadata=_meta(
-            "skip and reduce_lr stop after this many non-finite steps in a row", minimum=1
-        ),
+    max_bad_steps: int = setting(
+        "skip and reduce_lr stop after this many non-finite steps in a row", default=10, minimum=1
     )
-    nan_lr_factor: float = field(
+    nan_lr_factor: float = setting(
+        "what reduce_lr multiplies the step size of the groups at fault by",
         default=0.5,
-        metadata=_meta(
-            "reduce_lr multiplies the learning rate by this (0 to 1)",
-            minimum=0,
-            exclusive=True,
-            below=1,
-        ),
+        minimum=0,
+        exclusive=True,
+        below=1,
     )
 
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(map(str, typing.get_args(tp)))
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return " or ".join(_type_name(a) for a in args) + " (or null)"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
-        tp, str(tp)
-    )
-
-
-def _coerce(value: Any, tp: Any, key: str, meta: dict) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin is Literal:
-        if value not in args:
+    def check(self, key: str) -> None:
+        if self.steps is None and self.epochs is None:
             raise PyrotrainError(
-                f"not a valid choice ({meta['help']})", key=key, value=value, choices=args
+                "set trainer.steps or trainer.epochs", key=f"{key}.steps", value=None
             )
-        return value
-    if type(None) in args:
-        if value is None:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, key, meta)
-    ok = (
-        (tp is int and isinstance(value, int) and not isinstance(value, bool))
-        or (tp is float and isinstance(value, (int, float)) and not isinstance(value, bool))
-        or (tp is bool and isinstance(value, bool))
-        or (tp is str and isinstance(value, str))
-    )
-    if not ok:
-        raise PyrotrainError(
-            f"{key} must be {_type_name(tp)} ({meta['help']})", key=key, value=value
-        )
-    if tp is float:
-        value = float(value)
-    minimum = meta.get("minimum")
-    if minimum is not None and (value <= minimum if meta.get("exclusive") else value < minimum):
-        bound = f"greater than {minimum}" if meta.get("exclusive") else f"at least {minimum}"
-        raise PyrotrainError(f"{key} must be {bound} ({meta['help']})", key=key, value=value)
-    below = meta.get("below")
-    if below is not None and not value < below:
-        raise PyrotrainError(
-            f"{key} must be less than {below} ({meta['help']})", key=key, value=value
-        )
-    return value
 
 
-def parse_section(cls: type, node: Any, key: str) -> Any:
-    """Check a config node against dataclass ``cls``; unknown keys and bad values raise."""
-    if node is None:
-        node = {}
-    node = to_plain(node, key)
-    if not isinstance(node, dict):
-        raise PyrotrainError(f"{key} must be a mapping", key=key, value=node)
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for name in node:
-        if name not in fields:
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run is built from, checked. ``plain`` is the resolved config as plain
+    Python (saved in checkpoints, compared on resume)."""
+
+    model: Named
+    data: Named
+    guide: Named
+    elbo: Named
+    groups: list[GroupSpec]
+    dct_marks: list[DCTMark]
+    distributed: DistributedConfig
+    trainer: TrainerConfig
+    seed: int
+    logger: str
+    plain: dict[str, Any]
+
+
+TOP_LEVEL_KEYS = tuple(
+    ["model", "data", "guide", "elbo", "optim", "scheduler", "distributed", "trainer", "seed"]
+    + ["logger"]
+)
+
+
+def parse_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:
+    """Check a composed config (what ``pyrotrain.compose`` or Hydra gives) and type it."""
+    plain = to_plain(cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg), "config")
+    for key in plain:
+        if key not in TOP_LEVEL_KEYS:
             raise PyrotrainError(
-                f"'{name}' is not a {key} setting",
-                key=f"{key}.{name}",
-                value=node[name],
-                choices=list(fields),
+                f"'{key}' is not a pyrotrain setting",
+                key=str(key),
+                value=plain[key],
+                choices=TOP_LEVEL_KEYS,
             )
-    values = {
-        name: _coerce(node[name], hints[name], f"{key}.{name}", dict(f.metadata))
-        for name, f in fields.items()
-        if name in node
-    }
-    return cls(**values)
-
-
-def to_plain(node: Any, key: str) -> Any:
-    """Resolve a config node to plain Python, naming the key of any value left as ``???``."""
-    if not isinstance(node, (DictConfig, ListConfig)):
-        return node
-    try:
-        return OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
-    except MissingMandatoryValue as e:
-        full_key = f"{key}.{e.key}" if e.key is not None else key
+    trainer = parse(TrainerConfig, plain.get("trainer"), "trainer")
+    seed = coerce(plain.get("seed", 0), int, "seed", {"help": "the run's seed", "minimum": 0})
+    if seed > MAX_SEED:
+        raise PyrotrainError(f"seed must be at most {MAX_SEED}", key="seed", value=seed)
+    optim = parse(OptimConfig, plain.get("optim"), "optim")
+    groups, marks = group_specs(optim, SchedulerSpec.parse(plain.get("scheduler"), "scheduler"))
+    distributed = parse_distributed(plain.get("distributed", "auto"))
+    logger = parse_named(plain.get("logger", "jsonl"), "logger")
+    if logger.name not in LOGGERS:
         raise PyrotrainError(
-            "this setting is required and has no value",
-            key=full_key,
-            hint=f"Set it on the command line, e.g. {full_key}=...",
-        ) from e
-
-
-def named_section(node: Any, key: str) -> tuple[str, dict]:
-    """Split a ``{name: X, ...kwargs}`` section into the name and the remaining arguments."""
-    node = to_plain(node, key)
-    if isinstance(node, str):
-        return node, {}
-    if not isinstance(node, dict) or "name" not in node:
-        raise PyrotrainError(f"{key} must be a mapping with a 'name' key", key=key, value=node)
-    node = dict(node)
-    return node.pop("name"), node
-
-
-def field_help(cls: type) -> dict[str, str]:
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
-
-
-def check_trainer_against_data(trainer: TrainerConfig, n_rows: int) -> None:
-    if trainer.batch_size is not None and trainer.batch_size > n_rows:
-        raise PyrotrainError(
-            f"the batch is larger than the training data ({n_rows} rows)",
-            key="trainer.batch_size",
-            value=trainer.batch_size,
-            hint=f"Use at most {n_rows}, or null for the full data",
+            "unknown metrics logger", key="logger", value=logger.name, choices=LOGGERS
         )
+    model = _required(plain, "model")
+    if model.name == "custom":
+        target = model.kwargs.get("target")
+        if not isinstance(target, str) or not target:
+            raise PyrotrainError(
+                "model=custom needs model.target=package.module:Name",
+                key="model.target",
+                value=target,
+            )
+        if not callable(import_object(target, "model.target")):
+            raise PyrotrainError(
+                "model.target must name a class or a function", key="model.target", value=target
+            )
+    else:
+        MODELS.get(model.name, "model.name")
+    data = _required(plain, "data")
+    DATASETS.get(data.name, "data.name")
+    guide = parse_named(plain.get("guide", "auto_normal"), "guide")
+    if guide.name != "model":
+        GUIDES.get(guide.name, "guide.name")
+    elbo = parse_named(plain.get("elbo", "trace"), "elbo")
+    ELBOS.get(elbo.name, "elbo.name")
+    if trainer.nan_policy == "reduce_lr":
+        for g in groups:
+            if not g.frozen and g.rate is None:
+                raise PyrotrainError(
+                    f"nan_policy=reduce_lr lowers each group's step size, and group '{g.name}' "
+                    f"({g.optimizer}) has none",
+                    key="trainer.nan_policy",
+                    value=trainer.nan_policy,
+                    choices=["stop", "skip"],
+                )
+    return RunConfig(
+        model=model,
+        data=data,
+        guide=guide,
+        elbo=elbo,
+        groups=groups,
+        dct_marks=marks,
+        distributed=distributed,
+        trainer=trainer,
+        seed=seed,
+        logger=logger.name,
+        plain=plain,
+    )
+
+
+def _required(plain: dict[str, Any], key: str) -> Named:
+    if plain.get(key) is None:
+        raise PyrotrainError(f"the config has no {key}", key=key, hint=f"Choose one: {key}=NAME")
+    return parse_named(plain[key], key)
+
+
+def trainer_defaults() -> dict[str, Any]:
+    """Every trainer setting's default, as conf/trainer/default.yaml must list them."""
+    return {f.name: f.default for f in dataclasses.fields(TrainerConfig)}

@@ -49,9 +49,6 @@ class SmoothedLoss:
         return self._avg / (1 - self.weight**self._n) if self.weight > 0 else self._avg
 
 
-LOGGERS = ("jsonl", "csv", "tensorboard")
-
-
 class MetricsSinks:
     """Where logged rows go: metrics.jsonl always, plus metrics.csv and/or TensorBoard event
     files (``tensorboard/``) when asked. Without a run directory (other ranks, or the Python

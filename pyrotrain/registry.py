@@ -53,13 +53,20 @@ class Registry:
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, Any] = {}
+        self._facts: dict[str, dict[str, Any]] = {}
 
-    def register(self, name: str, obj: Any = None) -> Any:
-        """Register ``obj`` under ``name``; without ``obj``, return a decorator."""
+    def register(self, name: str, obj: Any = None, **facts: Any) -> Any:
+        """Register ``obj`` under ``name``; without ``obj``, return a decorator. ``facts`` are
+        what the rest of pyrotrain may ask about the entry without importing it (an optimizer's
+        ``rate_key``)."""
         if obj is None:
-            return lambda o: self.register(name, o)
+            return lambda o: self.register(name, o, **facts)
         self._entries[name] = obj
+        self._facts[name] = facts
         return obj
+
+    def fact(self, name: str, fact: str, default: Any = None) -> Any:
+        return self._facts.get(name, {}).get(fact, default)
 
     def names(self) -> list[str]:
         return list(self._entries)
@@ -98,6 +105,36 @@ class Registry:
             return obj
         doc = inspect.getdoc(obj) or ""
         return doc.splitlines()[0] if doc else ""
+
+
+def rate_key(optimizer: str, key: str | None = None) -> str | None:
+    """The name of an optimizer's step-size argument, declared once per optimizer: the registry's
+    ``rate_key`` fact, else the class's ``rate_key`` attribute, else ``lr`` when its constructor
+    takes one; None for an optimizer without a step size (nothing to scale or schedule)."""
+    declared = OPTIMIZERS.fact(optimizer, "rate_key")
+    if declared is not None:
+        return declared
+    cls = OPTIMIZERS.get(optimizer, key)
+    declared = getattr(cls, "rate_key", None)
+    if isinstance(declared, str):
+        return declared
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return None
+    return "lr" if "lr" in params else None
+
+
+def rate_default(optimizer: str, rate: str, key: str | None = None) -> float | None:
+    """The default of an optimizer's step size, from its constructor's signature."""
+    try:
+        param = inspect.signature(OPTIMIZERS.get(optimizer, key)).parameters.get(rate)
+    except (TypeError, ValueError):
+        return None
+    default = getattr(param, "default", None)
+    if isinstance(default, bool) or not isinstance(default, (int, float)):
+        return None
+    return float(default)
 
 
 def call_with_kwargs(fn: Callable, kwargs: Mapping[str, Any], key: str, *args: Any) -> Any:
@@ -158,7 +195,10 @@ def _register_builtins() -> None:
     OPTIMIZERS.register("adagrad_rmsprop", "pyrotrain.optim.adagrad_rmsprop:AdagradRMSProp")
     OPTIMIZERS.register("dct_adam", "pyrotrain.optim.dct_adam:DCTAdam")
     OPTIMIZERS.register("clipped_adam", "pyrotrain.optim.clipped_adam:ClippedAdam")
-    OPTIMIZERS.register("pyro_adagrad_rmsprop", "pyro.optim.adagrad_rmsprop:AdagradRMSProp")
+    # Pyro's class cannot carry a rate_key attribute, so its entry declares it.
+    OPTIMIZERS.register(
+        "pyro_adagrad_rmsprop", "pyro.optim.adagrad_rmsprop:AdagradRMSProp", rate_key="eta"
+    )
     OPTIMIZERS.register("pyro_dct_adam", "pyro.optim.dct_adam:DCTAdam")
     OPTIMIZERS.register("pyro_clipped_adam", "pyro.optim.clipped_adam:ClippedAdam")
     # torch's Adam and AdamW with torch's math, updating a whole group per call (pyrotrain.optim);

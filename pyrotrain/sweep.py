@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,8 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from .distributed import is_main_process
 from .plots import job_labels, plot_run, plot_sweep, sweep_jobs
-
-
-def _is_main_process() -> bool:
-    # Under horovodrun every rank runs the sweep; only rank 0 writes.
-    return os.environ.get("HOROVOD_RANK", "0") == "0"
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -112,7 +107,7 @@ class SweepSummary(Callback):
     """Hydra callback: rank the jobs, write sweep_summary.csv/.json and comparison.png."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if not _is_main_process():
+        if not is_main_process():  # under a launcher every rank runs the sweep
             return
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():

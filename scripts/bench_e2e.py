@@ -64,7 +64,8 @@ def worker(impl: str, overrides: list[str], steps: int) -> dict:
 
     torch.set_num_threads(1)
     import pyrotrain
-    from pyrotrain.trainer import Trainer, build
+    from pyrotrain.build import build
+    from pyrotrain.loop import Trainer
 
     def one_run(n: int) -> tuple[float, float]:
         # eval_num_samples: pyrotrain evaluates after the (timed) loop; keep that short
@@ -110,10 +111,10 @@ def _handwritten(run, steps: int) -> tuple[float, float]:
     optim = pyro.optim.PyroOptim(cls, dict(spec.optimizer_args))
     svi = SVI(run.model, run.guide, optim, run.elbo)
     data = run.data
-    order = iter(BatchOrder(data.size, run.trainer.batch_size, run.seed))
+    order = iter(BatchOrder(data.size, run.config.trainer.batch_size, run.config.seed))
     accepted = run.model_kwargs
     torch.set_default_dtype(run.dtype)
-    pyro.set_rng_seed(run.seed)
+    pyro.set_rng_seed(run.config.seed)
     start = time.perf_counter()
     for _ in range(steps):
         _, idx = next(order)

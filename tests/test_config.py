@@ -11,7 +11,7 @@ import torch
 
 import pyrotrain
 from pyrotrain.errors import PyrotrainError
-from pyrotrain.trainer import build
+from pyrotrain.build import build
 
 CONF = Path(pyrotrain.__file__).parent.parent / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and not p.name.startswith("_"))

@@ -17,7 +17,8 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 import pyrotrain
 from pyrotrain.csv_data import load_csv
 from pyrotrain.errors import PyrotrainError
-from pyrotrain.trainer import Trainer, build, torch_defaults
+from pyrotrain.build import build, torch_defaults
+from pyrotrain.loop import Trainer
 
 DATA = Path(__file__).parent / "data"
 SMALL_CSV = DATA / "small_regression.csv"

@@ -19,7 +19,7 @@ from omegaconf import open_dict
 from pyrotrain.api import compose
 from pyrotrain.checkpoint import list_checkpoints, load_checkpoint
 from pyrotrain.errors import PyrotrainError, TrainingStopped
-from pyrotrain.trainer import train
+from pyrotrain.loop import train
 
 QUICK = ["trainer.progress=none", "trainer.log_every=5"]
 

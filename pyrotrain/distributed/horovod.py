@@ -30,87 +30,71 @@ import time
 import warnings
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import pyro
 import torch
 
 from ..errors import PyrotrainError
+from ..schema import setting
+from .base import PeerFailure, lr_factor
 
-COMPRESSIONS = ("none", "fp16")
-OPS = ("average", "sum", "adasum")
-LR_SCALINGS = ("none", "linear", "sqrt")
-ALLREDUCES = ("fused", "grouped", "per_tensor")
+NAME = "horovod"
+# horovodrun with Gloo, and mpirun (Open MPI; MPICH and Intel MPI) when horovodrun uses MPI or is
+# bypassed.
+LAUNCH_VARS = (
+    ("HOROVOD_RANK", "HOROVOD_SIZE", "HOROVOD_LOCAL_RANK"),
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+    ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
+)
 POLL_INTERVAL_S = float(os.environ.get("PYROTRAIN_HOROVOD_POLL_US", "50")) * 1e-6
 
 
-class PeerFailure(RuntimeError):
-    """A collective failed because another rank stopped (its own message says why)."""
-
-
 @dataclass(frozen=True)
-class HorovodSettings:
-    """The keys of ``conf/distributed/horovod.yaml`` (and ``auto.yaml``), validated."""
+class Settings:
+    """The keys of ``conf/distributed/horovod.yaml`` (and ``auto.yaml``)."""
 
-    compression: str = "none"
-    op: str = "average"
-    backward_passes_per_step: int = 1
-    gradient_predivide_factor: float = 1.0
-    lr_scaling: str = "none"
-    allreduce: str = "fused"
+    MOVED: ClassVar[dict[str, str]] = {
+        "backward_passes_per_step": "trainer.accumulate_grad_batches"
+    }
 
-    @classmethod
-    def parse(cls, kwargs: dict[str, Any]) -> HorovodSettings:
-        names = [f.name for f in fields(cls)]
-        for key, value in kwargs.items():
-            if key not in names:
-                raise PyrotrainError(
-                    f"'{key}' is not a distributed setting",
-                    key=f"distributed.{key}",
-                    value=value,
-                    choices=["name", *names],
-                )
-        s = cls(**kwargs)
-        for key, choices in (
-            ("compression", COMPRESSIONS),
-            ("op", OPS),
-            ("lr_scaling", LR_SCALINGS),
-            ("allreduce", ALLREDUCES),
-        ):
-            value = getattr(s, key)
-            if value not in choices:
-                raise PyrotrainError(
-                    "not a valid choice", key=f"distributed.{key}", value=value, choices=choices
-                )
-        bpps = s.backward_passes_per_step
-        if isinstance(bpps, bool) or not isinstance(bpps, int) or bpps < 1:
-            raise PyrotrainError(
-                "backward_passes_per_step must be an integer of at least 1 (local minibatches "
-                "whose gradients are accumulated before each allreduce and optimizer step)",
-                key="distributed.backward_passes_per_step",
-                value=bpps,
-            )
-        f = s.gradient_predivide_factor
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not f > 0:
-            raise PyrotrainError(
-                "gradient_predivide_factor must be a positive number",
-                key="distributed.gradient_predivide_factor",
-                value=f,
-            )
-        if f != 1 and s.op != "average":
+    name: str = setting("auto (Horovod under horovodrun) or horovod", default="horovod")
+    compression: Literal["none", "fp16"] = setting(
+        "how gradients travel: as they are, or rounded to float16 (half the bytes)",
+        default="none",
+    )
+    op: Literal["average", "sum", "adasum"] = setting(
+        "how the ranks' gradients combine; adasum needs Horovod built with MPI", default="average"
+    )
+    gradient_predivide_factor: float = setting(
+        "op=average only: divide by this before the sum and by (ranks / this) after it",
+        default=1.0,
+        minimum=0,
+        exclusive=True,
+    )
+    lr_scaling: Literal["none", "linear", "sqrt"] = setting(
+        "multiply every group's step size by the number of ranks N (linear) or sqrt(N)",
+        default="none",
+    )
+    allreduce: Literal["fused", "grouped", "per_tensor"] = setting(
+        "one flat buffer per dtype per step (fused), hvd.grouped_allreduce, or one allreduce "
+        "per parameter (per_tensor, as hvd.DistributedOptimizer)",
+        default="fused",
+    )
+
+    def check(self, key: str) -> None:
+        if self.gradient_predivide_factor != 1 and self.op != "average":
             raise PyrotrainError(
                 "gradient_predivide_factor splits an average, so it needs op=average",
-                key="distributed.gradient_predivide_factor",
-                value=f,
-                hint=f"Set distributed.op=average or leave the factor at 1 (op is '{s.op}')",
+                key=f"{key}.gradient_predivide_factor",
+                value=self.gradient_predivide_factor,
+                hint=f"Set distributed.op=average or leave the factor at 1 (op is '{self.op}')",
             )
-        return s
 
-    def lr_factor(self, world_size: int) -> float:
-        return {"none": 1.0, "linear": float(world_size), "sqrt": math.sqrt(world_size)}[
-            self.lr_scaling
-        ]
+
+def create(settings: Settings) -> HorovodBackend:
+    return HorovodBackend(settings)
 
 
 def import_horovod(reason: str) -> Any:
@@ -218,8 +202,8 @@ class HorovodBackend:
 
     name = "horovod"
 
-    def __init__(self, settings: HorovodSettings | None = None):
-        self.settings = settings or HorovodSettings()
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or Settings()
         hvd = self.hvd = initialise()
         self.rank, self.size = hvd.rank(), hvd.size()
         self.local_rank, self.local_size = hvd.local_rank(), hvd.local_size()
@@ -234,19 +218,16 @@ class HorovodBackend:
                 hint="Rebuild with HOROVOD_WITH_MPI=1 scripts/install_horovod.sh "
                 "(see its header), or use op=average",
             )
-        self.backward_passes_per_step = s.backward_passes_per_step
-        self.lr_scale = s.lr_factor(self.size)
+        self.lr_scale = lr_factor(s.lr_scaling, self.size)
         self._op = {"average": hvd.Average, "sum": hvd.Sum, "adasum": hvd.Adasum}[s.op]
         self._compression = hvd.Compression.fp16 if s.compression == "fp16" else None
-        # Accumulated gradients become a mean over the local minibatches (in Pyro each one is
-        # already an estimate of the full-data gradient); gradient_predivide_factor f splits an
-        # average into x 1/f before the sum and x f/size after it, as hvd.DistributedOptimizer.
-        local = 1.0 / s.backward_passes_per_step
-        self._pre, self._post = local / s.gradient_predivide_factor, s.gradient_predivide_factor
-        if s.op == "adasum":  # Adasum takes no scale factors: scale before it
-            self._prescale, self._postscale, self._local_scale = 1.0, 1.0, local
+        # gradient_predivide_factor f splits an average into x 1/f before the sum and x f/size
+        # after it, as hvd.DistributedOptimizer does; Adasum takes no scale factors.
+        self._pre, self._post = 1.0 / s.gradient_predivide_factor, s.gradient_predivide_factor
+        if s.op == "adasum":
+            self._prescale, self._postscale = 1.0, 1.0
         else:
-            self._prescale, self._postscale, self._local_scale = self._pre, self._post, 1.0
+            self._prescale, self._postscale = self._pre, self._post
         # The usual case (fused; average or sum; no compression) takes ONE allreduce per step:
         # the loss and the flags ride at the end of the gradient buffer.
         self._packed = s.allreduce == "fused" and s.op != "adasum" and s.compression == "none"
@@ -279,18 +260,14 @@ class HorovodBackend:
                 self._wait(h)
 
     @torch.no_grad()
-    def average_gradients(
+    def reduce(
         self, params: Iterable[torch.Tensor], loss: float = 0.0, stop: int = 0
     ) -> tuple[float, int]:
         """Reduce the gradients of ``params`` over the ranks (in place); return the mean loss and
         the sum of the ranks' ``stop`` codes (a signal number where a rank was asked to stop), so
         all ranks agree to stop after the same step without a collective of their own."""
         params = params if isinstance(params, (set, frozenset)) else set(params)
-        if self.size == 1:  # nothing to agree on; only the minibatches' mean to take
-            if self.backward_passes_per_step > 1:
-                for p in params:
-                    if p.grad is not None:
-                        p.grad.div_(self.backward_passes_per_step)
+        if self.size == 1:
             return float(loss), stop
         key = frozenset(params)
         if key != self._layout_key:
@@ -330,11 +307,6 @@ class HorovodBackend:
             p.grad = g.view_as(p) if keep else None
         return mean[0].item(), round(mean[2].item() * self.size)
 
-    def average(self, value: float) -> float:
-        with _collective(self.rank):
-            t = torch.tensor([float(value)], dtype=torch.float64)
-            return self.hvd.allreduce(t, name="pyrotrain.average", op=self.hvd.Average).item()
-
     def gather_object(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order, on every rank."""
         with _collective(self.rank):
@@ -370,8 +342,6 @@ class HorovodBackend:
         return self.hvd.synchronize(handle)
 
     def _compress(self, t: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        if self._local_scale != 1.0:
-            t = t * self._local_scale
         if self._compression is None:
             return t, None
         return self._compression.compress(t)

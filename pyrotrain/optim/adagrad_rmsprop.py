@@ -57,6 +57,8 @@ class AdagradRMSProp(MultiTensorOptimizer):
     _flat_keys = ("sum",)
     # list mode needs more per-tensor foreach calls here than in the Adam variants
     gather_max_numel = 8192
+    #: The step-size argument (pyrotrain.registry.rate_key): what lr scaling and reduce_lr adjust.
+    rate_key = "eta"
 
     def __init__(self, params, eta: float = 1.0, delta: float = 1.0e-16, t: float = 0.1):
         defaults = dict(eta=eta, delta=delta, t=t)

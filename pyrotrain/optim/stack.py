@@ -8,8 +8,6 @@ torch optimizer (built when the group's first parameter arrives). The stack subc
 
 from __future__ import annotations
 
-import fnmatch
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,67 +16,10 @@ import pyro
 import torch
 from pyro.optim import PyroOptim
 
-from ..config import to_plain
 from ..errors import PyrotrainError
 from ..registry import FOREACH_BY_DEFAULT, OPTIMIZERS, call_with_kwargs
-from .schedulers import SchedulerSpec, build_scheduler, step_scheduler
-
-GROUP_KEYS = ("params", "optimizer", "scheduler", "clip", "frozen", "optional")
-STACK_KEYS = ("lr", "groups", "dct")
-
-
-class Pattern:
-    """A glob (``AutoNormal.locs.*``) or, with a ``regex:`` prefix, a regular expression that
-    must match the whole parameter name."""
-
-    def __init__(self, text: str, key: str):
-        if not isinstance(text, str) or not text:
-            raise PyrotrainError(
-                "a parameter pattern must be a non-empty string", key=key, value=text
-            )
-        self.text = text
-        if text.startswith("regex:"):
-            try:
-                self._regex = re.compile(text[len("regex:") :])
-            except re.error as e:
-                raise PyrotrainError(
-                    f"not a valid regular expression ({e})", key=key, value=text
-                ) from e
-        else:
-            self._regex = re.compile(fnmatch.translate(text))
-
-    def matches(self, name: str) -> bool:
-        return self._regex.fullmatch(name) is not None
-
-    def __repr__(self) -> str:
-        return repr(self.text)
-
-
-@dataclass
-class GroupSpec:
-    name: str
-    patterns: list[Pattern]
-    optimizer: str
-    optimizer_args: dict[str, Any]
-    scheduler: SchedulerSpec | None = None
-    clip_norm: float | None = None
-    clip_value: float | None = None
-    frozen: bool = False
-    optional: bool = False
-
-    @property
-    def key(self) -> str:
-        return f"optim.groups.{self.name}"
-
-
-@dataclass
-class DCTMark:
-    """Mark parameters for DCTAdam: by name pattern and time dim, or by plate name (the guide is
-    then wrapped in pyro.contrib.forecast's MarkDCTParamMessenger)."""
-
-    patterns: list[Pattern] = field(default_factory=list)
-    dim: int | None = None
-    plate: str | None = None
+from .schedulers import build_scheduler, step_scheduler
+from .spec import DCTMark, GroupSpec, parse_groups
 
 
 @dataclass
@@ -89,114 +30,31 @@ class Group:
     optimizer: torch.optim.Optimizer | None = None
     scheduler: Any = None
 
+    def rate(self) -> float:
+        """The current step size (the configured one before the optimizer exists)."""
+        key = self.spec.rate
+        if key is None:
+            return float("nan")
+        if self.optimizer is not None:
+            return float(self.optimizer.param_groups[0][key])
+        return float(self.spec.optimizer_args.get(key, float("nan")))
 
-def _positive_number(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise PyrotrainError("must be a positive number", key=key, value=value)
-    return float(value)
+    def scale_rate(self, factor: float) -> None:
+        """Multiply the step size by ``factor`` in the optimizer and in its scheduler's base, so
+        that a schedule goes on from the new rate."""
+        key = self.spec.rate
+        if self.optimizer is None or key is None:
+            return
+        for pg in self.optimizer.param_groups:
+            pg[key] *= factor
+            if "initial_lr" in pg:
+                pg["initial_lr"] *= factor
+        for sched in [self.scheduler, *getattr(self.scheduler, "_schedulers", [])]:
+            if sched is not None and hasattr(sched, "base_lrs"):
+                sched.base_lrs = [lr * factor for lr in sched.base_lrs]
+            if sched is not None and hasattr(sched, "_last_lr"):
+                sched._last_lr = [lr * factor for lr in sched._last_lr]
 
-
-def parse_groups(node: Any, default_scheduler: Any = None) -> tuple[list[GroupSpec], list[DCTMark]]:
-    """Parse the ``optim`` config section (and the top-level ``scheduler`` default)."""
-    node = to_plain(node, "optim")
-    default_scheduler = to_plain(default_scheduler, "scheduler")
-    if not isinstance(node, Mapping):
-        raise PyrotrainError("optim must be a mapping with 'groups'", key="optim", value=node)
-    for k in node:
-        if k not in STACK_KEYS:
-            raise PyrotrainError(
-                f"'{k}' is not an optim setting",
-                key=f"optim.{k}",
-                value=node[k],
-                choices=STACK_KEYS,
-            )
-    groups_node = node.get("groups")
-    if not isinstance(groups_node, Mapping) or not groups_node:
-        raise PyrotrainError(
-            "optim.groups must map group names to group settings",
-            key="optim.groups",
-            value=groups_node,
-        )
-    default_spec = SchedulerSpec.parse(default_scheduler, "scheduler")
-    specs = [_parse_group(str(name), g, default_spec) for name, g in groups_node.items()]
-    marks = [_parse_mark(m, f"optim.dct.{i}") for i, m in enumerate(node.get("dct") or [])]
-    return specs, marks
-
-
-def _parse_group(name: str, g: Any, default_scheduler: SchedulerSpec | None) -> GroupSpec:
-    key = f"optim.groups.{name}"
-    if not isinstance(g, Mapping):
-        raise PyrotrainError("a group must be a mapping", key=key, value=g)
-    for k in g:
-        if k not in GROUP_KEYS:
-            raise PyrotrainError(
-                f"'{k}' is not a group setting", key=f"{key}.{k}", value=g[k], choices=GROUP_KEYS
-            )
-    patterns = g.get("params", ["*"])
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    if not isinstance(patterns, list) or not patterns:
-        raise PyrotrainError(
-            "params must be a list of patterns", key=f"{key}.params", value=patterns
-        )
-    opt = g.get("optimizer")
-    if isinstance(opt, str):
-        opt = {"name": opt}
-    if not isinstance(opt, Mapping) or "name" not in opt:
-        raise PyrotrainError(
-            "optimizer must be a mapping with a 'name'", key=f"{key}.optimizer", value=opt
-        )
-    opt_args = dict(opt)
-    opt_name = opt_args.pop("name")
-    frozen = bool(g.get("frozen", False))
-    if not frozen:
-        OPTIMIZERS.get(opt_name, f"{key}.optimizer.name")
-        for lr_key in ("lr", "eta"):
-            if lr_key in opt_args:
-                _positive_number(opt_args[lr_key], f"{key}.optimizer.{lr_key}")
-    clip = g.get("clip") or {}
-    if not isinstance(clip, Mapping) or set(clip) - {"norm", "value"}:
-        raise PyrotrainError(
-            "clip takes 'norm' and/or 'value'",
-            key=f"{key}.clip",
-            value=clip,
-            choices=["norm", "value"],
-        )
-    clip_norm, clip_value = clip.get("norm"), clip.get("value")
-    scheduler = (
-        SchedulerSpec.parse(g["scheduler"], f"{key}.scheduler")
-        if "scheduler" in g
-        else default_scheduler
-    )
-    return GroupSpec(
-        name=name,
-        patterns=[Pattern(p, f"{key}.params") for p in patterns],
-        optimizer=opt_name,
-        optimizer_args=opt_args,
-        scheduler=scheduler,
-        clip_norm=None if clip_norm is None else _positive_number(clip_norm, f"{key}.clip.norm"),
-        clip_value=None
-        if clip_value is None
-        else _positive_number(clip_value, f"{key}.clip.value"),
-        frozen=frozen,
-        optional=bool(g.get("optional", False)),
-    )
-
-
-def _parse_mark(m: Any, key: str) -> DCTMark:
-    if isinstance(m, Mapping) and set(m) == {"plate"}:
-        return DCTMark(plate=str(m["plate"]))
-    if isinstance(m, Mapping) and set(m) <= {"params", "dim"} and "params" in m:
-        dim = m.get("dim", -1)
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim >= 0:
-            raise PyrotrainError(
-                "the DCT time dim must be a negative integer", key=f"{key}.dim", value=dim
-            )
-        pats = m["params"] if isinstance(m["params"], list) else [m["params"]]
-        return DCTMark(patterns=[Pattern(p, f"{key}.params") for p in pats], dim=dim)
-    raise PyrotrainError(
-        "a DCT mark is {plate: NAME} or {params: [PATTERNS], dim: -1}", key=key, value=m
-    )
 
 
 class OptimizerStack(PyroOptim):
@@ -230,12 +88,10 @@ class OptimizerStack(PyroOptim):
 
     @classmethod
     def from_config(cls, optim: Any, scheduler: Any = None, **kwargs: Any) -> OptimizerStack:
+        """A stack from an ``optim`` section as in YAML (a dict or DictConfig) and the default
+        ``scheduler`` of its groups; ``kwargs`` go to the constructor."""
         specs, marks = parse_groups(optim, scheduler)
         return cls(specs, marks, **kwargs)
-
-    @property
-    def dct_plates(self) -> list[str]:
-        return [m.plate for m in self.dct_marks if m.plate is not None]
 
     # -- parameter assignment -------------------------------------------------------------------
 
@@ -351,18 +207,9 @@ class OptimizerStack(PyroOptim):
     # -- reporting ------------------------------------------------------------------------------
 
     def lrs(self) -> dict[str, float]:
-        """Each group's current learning rate (its configured one before it has parameters)."""
-        out = {}
-        for group in self.groups:
-            if group.spec.frozen:
-                continue
-            if group.optimizer is not None:
-                pg = group.optimizer.param_groups[0]
-                out[group.spec.name] = float(pg.get("lr", pg.get("eta", float("nan"))))
-            else:
-                args = group.spec.optimizer_args
-                out[group.spec.name] = float(args.get("lr", args.get("eta", float("nan"))))
-        return out
+        """Each trained group's current step size (``lr``, or what its optimizer calls it; its
+        configured one before it has parameters)."""
+        return {g.spec.name: g.rate() for g in self.groups if not g.spec.frozen}
 
     @torch.no_grad()
     def grad_norms(self, params: Iterable[torch.Tensor]) -> dict[str, float]:
@@ -398,12 +245,11 @@ class OptimizerStack(PyroOptim):
         ]
 
     def scale_lr(self, names: Iterable[str], factor: float) -> None:
-        """Multiply the learning rate of the named groups by ``factor``, in their optimizer and in
-        their scheduler's base, so that the schedule goes on from the lower rate."""
+        """Multiply the step size of the named groups by ``factor`` (see :meth:`Group.scale_rate`)."""
         wanted = set(names)
         for group in self.groups:
-            if group.spec.name in wanted and group.optimizer is not None:
-                _scale_lr(group, factor)
+            if group.spec.name in wanted:
+                group.scale_rate(factor)
 
     def apply_changed_args(self, saved_args: Mapping[str, dict]) -> dict[str, dict]:
         """After loading a checkpoint (whose optimizer state carries its own hyperparameters),
@@ -419,8 +265,8 @@ class OptimizerStack(PyroOptim):
                 if was == now:
                     continue
                 changed.setdefault(group.spec.name, {})[key] = (was, now)
-                if key in ("lr", "eta") and isinstance(was, (int, float)) and was > 0:
-                    _scale_lr(group, now / was, key)
+                if key == group.spec.rate and isinstance(was, (int, float)) and was > 0:
+                    group.scale_rate(now / was)
                 else:
                     for pg in group.optimizer.param_groups:
                         pg[key] = now
@@ -511,17 +357,3 @@ class OptimizerStack(PyroOptim):
 
     def set_state(self, state_dict: dict) -> None:
         self.load_state_dict(state_dict)
-
-
-def _scale_lr(group: Group, factor: float, key: str = "lr") -> None:
-    for pg in group.optimizer.param_groups:
-        if key in pg:
-            pg[key] *= factor
-        if "initial_lr" in pg:
-            pg["initial_lr"] *= factor
-    scheduler = group.scheduler
-    for sched in [scheduler, *getattr(scheduler, "_schedulers", [])]:
-        if sched is not None and hasattr(sched, "base_lrs"):
-            sched.base_lrs = [lr * factor for lr in sched.base_lrs]
-        if sched is not None and hasattr(sched, "_last_lr"):
-            sched._last_lr = [lr * factor for lr in sched._last_lr]

@@ -1,0 +1,278 @@
+"""Build a run from its checked config: data -> model -> guide -> ELBO -> stack -> backend.
+
+:func:`build` takes a :class:`~pyrotrain.config.RunConfig` (or a composed config, which it parses
+first), so everything a user can get wrong has been refused before anything is built; what can
+only be known once the data is loaded (a batch larger than the data, a model that rejects its
+settings) is refused here, still before anything is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from omegaconf import DictConfig
+from pyro.contrib.forecast.util import MarkDCTParamMessenger
+
+from .checkpoint import check_compatible, find_resume, shape_of
+from .config import RunConfig, parse_config
+from .data import BatchOrder, Dataset
+from .distributed import Backend, create_backend
+from .errors import PyrotrainError
+from .optim.stack import OptimizerStack
+from .registry import DATASETS, ELBOS, GUIDES, MODELS, call_with_kwargs, import_object
+from .schema import Named
+
+
+@dataclass
+class Run:
+    """Everything built from the config, ready to fit."""
+
+    config: RunConfig
+    data: Dataset
+    model: Callable
+    guide: Callable
+    elbo: Any
+    stack: OptimizerStack
+    backend: Backend
+    device: torch.device
+    dtype: torch.dtype
+    order: BatchOrder  # this rank's minibatches
+    steps_per_epoch: int  # optimizer steps per pass over this rank's rows
+    model_kwargs: frozenset[str] | None  # None: the model takes **kwargs
+    shape: dict[str, Any]  # what a checkpoint must match
+    resume: tuple[Path, dict[str, Any]] | None = None  # (file, payload) to continue from
+
+    @property
+    def total_steps(self) -> int:
+        return self.stack.total_steps or 0
+
+
+@contextlib.contextmanager
+def torch_defaults(dtype: torch.dtype, device: torch.device) -> Iterator[None]:
+    """Make tensors that models create with plain ``torch.zeros(...)`` match the run's settings."""
+    old_dtype = torch.get_default_dtype()
+    old_device = torch.get_default_device()
+    # A default device is a Python-level TorchFunctionMode that slows every torch call: install
+    # one only when the run's device differs, and never leave one behind for the CPU.
+    change_device = device != old_device
+    torch.set_default_dtype(dtype)
+    if change_device:
+        torch.set_default_device(device)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old_dtype)
+        if change_device:
+            torch.set_default_device(None if old_device.type == "cpu" else old_device)
+
+
+def build(cfg: RunConfig | DictConfig | dict[str, Any], run_dir: Path | None = None) -> Run:
+    """Check ``cfg`` and build every part of the run. Raises PyrotrainError on bad input.
+
+    ``run_dir`` is where the run will write; ``trainer.resume=auto`` looks for checkpoints there.
+    """
+    config = cfg if isinstance(cfg, RunConfig) else parse_config(cfg)
+    trainer = config.trainer
+    backend = create_backend(config.distributed)
+    device = _resolve_device(trainer.device)
+    dtype = getattr(torch, trainer.dtype)
+    data = _build_data(config.data, config.seed).to(device, dtype)
+    _check_batch_size(trainer.batch_size, data.size, backend.size)
+
+    pyro.set_rng_seed(config.seed)  # models may draw their initial weights (nn.Linear) when built
+    with torch_defaults(dtype, device):
+        model = _build_model(config.model, data)
+        guide = _build_guide(config.guide, model)
+        elbo = call_with_kwargs(ELBOS.get(config.elbo.name, "elbo.name"), config.elbo.kwargs, "elbo")
+    for mark in config.dct_marks:
+        if mark.plate is not None:
+            guide = MarkDCTParamMessenger(mark.plate)(guide)
+
+    order = BatchOrder(data.size, trainer.batch_size, config.seed, backend.rank, backend.size)
+    steps_per_epoch = math.ceil(order.steps_per_epoch / trainer.accumulate_grad_batches)
+    if trainer.epochs is not None:
+        total_steps = trainer.epochs * steps_per_epoch
+    else:
+        total_steps = trainer.steps or 0
+    total_epochs = trainer.epochs or math.ceil(total_steps / steps_per_epoch)
+    groups = _scaled_rates(config, backend.lr_scale)
+    stack = OptimizerStack(
+        groups, config.dct_marks, total_steps=total_steps, total_epochs=total_epochs
+    )
+    shape = shape_of(config.plain, stack.layout(), backend.size)
+    resume = _load_resume(config, run_dir, backend, shape, total_steps)
+    return Run(
+        config=config,
+        data=data,
+        model=model,
+        guide=guide,
+        elbo=elbo,
+        stack=stack,
+        backend=backend,
+        device=device,
+        dtype=dtype,
+        order=order,
+        steps_per_epoch=steps_per_epoch,
+        model_kwargs=_accepted_kwargs(model),
+        shape=shape,
+        resume=resume,
+    )
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PyrotrainError(
+            "CUDA is not available on this machine",
+            key="trainer.device",
+            value=name,
+            choices=["cpu", "auto"],
+        )
+    return torch.device(name)
+
+
+def _check_batch_size(batch_size: int | None, rows: int, ranks: int) -> None:
+    if batch_size is None:
+        return
+    if batch_size > rows:
+        raise PyrotrainError(
+            f"the batch is larger than the training data ({rows} rows)",
+            key="trainer.batch_size",
+            value=batch_size,
+            hint=f"Use at most {rows}, or null for the full data",
+        )
+    if ranks > 1 and batch_size > rows // ranks:
+        raise PyrotrainError(
+            f"each of the {ranks} ranks trains on {rows // ranks} of the {rows} rows, fewer "
+            "than one batch",
+            key="trainer.batch_size",
+            value=batch_size,
+            hint=f"Use at most {rows // ranks} (batch_size is per rank)",
+        )
+
+
+def _scaled_rates(config: RunConfig, factor: float) -> list:
+    """The groups with their step sizes times ``factor`` (``distributed.lr_scaling``); a group
+    that leaves its rate at the optimizer's default gets the default times ``factor``."""
+    if factor == 1.0:
+        return config.groups
+    import dataclasses
+
+    from .registry import rate_default
+
+    scaled = []
+    for spec in config.groups:
+        if spec.frozen:
+            scaled.append(spec)
+            continue
+        rate = spec.optimizer_args.get(spec.rate) if spec.rate else None
+        if rate is None and spec.rate is not None:
+            rate = rate_default(spec.optimizer, spec.rate)
+        if rate is None:
+            raise PyrotrainError(
+                f"lr_scaling cannot scale group '{spec.name}': its optimizer '{spec.optimizer}' "
+                "has no numeric step size",
+                key="distributed.lr_scaling",
+                hint=f"Set {spec.key}.optimizer.lr explicitly, or use lr_scaling=none",
+            )
+        args = {**spec.optimizer_args, spec.rate: float(rate) * factor}
+        scaled.append(dataclasses.replace(spec, optimizer_args=args))
+    return scaled
+
+
+def _build_data(data: Named, seed: int) -> Dataset:
+    loader = DATASETS.get(data.name, "data.name")
+    kwargs = dict(data.kwargs)
+    if "seed" in inspect.signature(loader).parameters and "seed" not in kwargs:
+        kwargs["seed"] = seed
+    return call_with_kwargs(loader, kwargs, "data")
+
+
+def _build_model(node: Named, data: Dataset) -> Callable:
+    kwargs = dict(node.kwargs)
+    if node.name == "custom":
+        target = import_object(kwargs.pop("target"), "model.target")
+    else:
+        target = MODELS.get(node.name, "model.name")
+    if inspect.isclass(target):
+        return call_with_kwargs(target, kwargs, "model", data)
+    if kwargs:
+        raise PyrotrainError(
+            "this model is a function, so it takes no model settings", key="model", value=kwargs
+        )
+    return target
+
+
+def _build_guide(node: Named, model: Callable) -> Callable:
+    kwargs = dict(node.kwargs)
+    if node.name == "model":
+        guide = getattr(model, "guide", None)
+        if guide is None:
+            raise PyrotrainError(
+                "this model defines no guide of its own",
+                key="guide",
+                value=node.name,
+                choices=GUIDES.names(),
+            )
+        if kwargs:
+            raise PyrotrainError("guide=model takes no settings", key="guide", value=kwargs)
+        return guide
+    factory = GUIDES.get(node.name, "guide.name")
+    init = kwargs.get("init_loc_fn")
+    if isinstance(init, str):
+        path = init if ":" in init else f"pyro.infer.autoguide.initialization:{init}"
+        kwargs["init_loc_fn"] = import_object(path, "guide.init_loc_fn")
+    return call_with_kwargs(factory, kwargs, "guide", model)
+
+
+def _accepted_kwargs(fn: Callable) -> frozenset[str] | None:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def _load_resume(
+    config: RunConfig,
+    run_dir: Path | None,
+    backend: Backend,
+    shape: dict[str, Any],
+    total_steps: int,
+) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint ``trainer.resume`` names, read by rank 0 and sent to the others (which may
+    not see its file system), after checking that it fits this config."""
+    trainer = config.trainer
+    if trainer.resume is None:
+        return None
+    found: Any = None
+    if backend.is_main:
+        try:
+            found = find_resume(trainer.resume, run_dir)
+            if found is not None:
+                check_compatible(found[1], shape, found[0])
+                if found[1]["step"] >= total_steps:
+                    raise PyrotrainError(
+                        f"the checkpoint {found[0]} is at step {found[1]['step']}, and this run "
+                        f"ends at step {total_steps}: there is nothing left to train",
+                        key="trainer.steps",
+                        value=trainer.steps,
+                        hint=f"Set trainer.steps above {found[1]['step']} to train further",
+                    )
+        except PyrotrainError as e:
+            found = e
+    found = backend.broadcast_object(found)
+    if isinstance(found, PyrotrainError):
+        raise found
+    return found

@@ -1,0 +1,278 @@
+"""What the training loop asks of a distributed engine (:class:`Backend`), and everything a
+launcher implies before training starts: which engine launched this process, the job's start time
+agreed by every rank, what non-main ranks must not write, and how a failed rank is reported.
+
+An engine is one module in this package (``single``, ``horovod``) plus one YAML file in
+``conf/distributed/``. The module defines:
+
+- ``NAME``: the engine's name in ``distributed.name``;
+- ``LAUNCH_VARS``: ``(rank, size, local rank)`` environment variables its launcher sets, so that
+  ``distributed=auto`` can tell that a process was started by it;
+- ``Settings``: a frozen dataclass of its ``distributed.*`` keys, checked by
+  :func:`pyrotrain.schema.parse` like every other section (``name`` is its first field);
+- ``create(settings) -> Backend``, and ``share_start_time(start) -> float``, a collective that
+  gives every rank rank 0's start time (Hydra names the run directory after it).
+
+Nothing here imports an engine's library: an engine module imports it when it is created.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from types import ModuleType
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from omegaconf import OmegaConf
+
+from ..errors import PyrotrainError
+from ..schema import parse, parse_named
+
+#: Engine modules, in the order ``distributed=auto`` checks their launchers.
+ENGINES = ("single", "horovod")
+#: The engine whose settings ``distributed=auto`` checks when no launcher started the process.
+DEFAULT_ENGINE = "horovod"
+LR_SCALINGS = ("none", "linear", "sqrt")
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """The collectives the training loop uses. In one process every one is a no-op.
+
+    Attributes: ``name`` (the engine), ``rank`` and ``size`` (this process's place in the job),
+    ``local_rank``, ``is_main`` (rank 0: the one that prints and writes), and ``lr_scale`` (what
+    ``distributed.lr_scaling`` multiplies every group's step size by at this world size).
+    """
+
+    name: str
+    rank: int
+    size: int
+    local_rank: int
+    is_main: bool
+    lr_scale: float
+
+    def broadcast_parameters(self, params: Iterable[torch.Tensor]) -> None:
+        """Overwrite every rank's ``params`` with rank 0's (after the first backward pass, when
+        lazily created parameters exist)."""
+
+    def reduce(
+        self, params: Iterable[torch.Tensor], loss: float, stop: int
+    ) -> tuple[float, int]:
+        """Make every rank's ``p.grad`` the mean over ranks, in place, in as few collectives as
+        the engine allows; return the ranks' mean ``loss`` and the sum of their ``stop`` codes
+        (nonzero: some rank was asked to stop), so all ranks act alike after this step."""
+        ...
+
+    def gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        ...
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+
+    def params_in_sync(self) -> bool:
+        """Whether every rank holds bitwise the same Pyro parameters."""
+        ...
+
+
+class PeerFailure(RuntimeError):
+    """A collective failed because another rank stopped (that rank's own message says why)."""
+
+
+def lr_factor(lr_scaling: str, world_size: int) -> float:
+    """What ``distributed.lr_scaling`` multiplies step sizes by at ``world_size`` ranks."""
+    return {"none": 1.0, "linear": float(world_size), "sqrt": math.sqrt(world_size)}[lr_scaling]
+
+
+# -- engines and launches ------------------------------------------------------------------------
+
+
+def engine(name: str) -> ModuleType:
+    """The module of engine ``name`` (see the module doc)."""
+    for module_name in ENGINES:
+        module = _module(module_name)
+        if module.NAME == name:
+            return module
+    raise KeyError(name)
+
+
+def engine_names() -> list[str]:
+    return [_module(module_name).NAME for module_name in ENGINES]
+
+
+def _module(name: str) -> ModuleType:
+    return importlib.import_module(f"{__package__}.{name}")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """This process's place in a multi-process launch, and the engine whose launcher made it."""
+
+    rank: int
+    size: int
+    local_rank: int
+    engine: str
+
+
+def launch_env() -> Launch | None:
+    """This process's place in a multi-process launch, from the launchers' variables; None when
+    it was started on its own."""
+    for module_name in ENGINES:
+        module = _module(module_name)
+        for rank_var, size_var, local_var in module.LAUNCH_VARS:
+            if rank_var in os.environ and size_var in os.environ:
+                try:
+                    rank, size = int(os.environ[rank_var]), int(os.environ[size_var])
+                    local = int(os.environ.get(local_var, rank))
+                except ValueError:
+                    continue
+                return Launch(rank, size, local, module.NAME)
+    return None
+
+
+def process_rank() -> int:
+    """0 unless this process is a non-main rank of a launch: who may write and print."""
+    launch = launch_env()
+    return launch.rank if launch is not None else 0
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (and in a single process): the one process that writes outputs."""
+    return process_rank() == 0
+
+
+# -- the distributed section ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DistributedConfig:
+    """The parsed ``distributed`` section: what was asked for (``auto`` or an engine), the engine
+    this process runs, and that engine's settings."""
+
+    requested: str
+    engine: str
+    settings: Any
+
+
+def parse_distributed(node: Any) -> DistributedConfig:
+    """Check the ``distributed`` section against the engine it selects (``auto``: the launcher's
+    engine, or the default engine's keys when no launcher started this process, so that a bad
+    value is caught before it is run at scale)."""
+    named = parse_named(node if node is not None else "auto", "distributed")
+    names = engine_names()
+    choices = ["auto", *names]
+    if named.name not in choices:
+        raise PyrotrainError(
+            "unknown distributed engine", key="distributed.name", value=named.name, choices=choices
+        )
+    launch = launch_env()
+    if named.name == "auto":
+        running = launch.engine if launch is not None else _module("single").NAME
+        checked_by = launch.engine if launch is not None else DEFAULT_ENGINE
+    else:
+        running = checked_by = named.name
+        if launch is not None and launch.size > 1 and launch.engine != named.name:
+            raise PyrotrainError(
+                f"this process is rank {launch.rank} of {launch.size} started by {launch.engine}'s "
+                f"launcher, but distributed={named.name} does not run under it: each rank would "
+                "train its own copy and write the same files",
+                key="distributed",
+                value=named.name,
+                choices=["auto", launch.engine],
+                hint="Use distributed=auto (the default) under the launcher, or run without it",
+            )
+    settings = parse(
+        engine(checked_by).Settings, {"name": named.name, **named.kwargs}, "distributed"
+    )
+    if checked_by != running:
+        settings = engine(running).Settings(name=named.name)
+    return DistributedConfig(requested=named.name, engine=running, settings=settings)
+
+
+def create_backend(config: DistributedConfig) -> Backend:
+    return engine(config.engine).create(config.settings)
+
+
+# -- before Hydra runs: the start time, and quiet non-main ranks ---------------------------------
+
+START_TIME_VAR = "PYROTRAIN_START_TIME"
+_PROCESS_START = time.time()
+
+# Under a launcher every rank runs Hydra; these keep the others from writing in the run dir.
+_NON_MAIN_OVERRIDES = (
+    "hydra.output_subdir=null",  # no .hydra/
+    "hydra/job_logging=stdout",  # no pyrotrain.log
+    "hydra.job_logging.root.level=WARNING",  # warnings only, tagged [rank R] by the backend
+    "hydra.hydra_logging.root.level=WARNING",
+)
+
+
+def start_process(argv: list[str]) -> Launch | None:
+    """Under a launcher: agree on rank 0's start time (Hydra's run and sweep dirs are named
+    after it) and keep the other ranks from writing anything (``argv`` gets their overrides)."""
+    start = time.time()
+    launch = launch_env()
+    if launch is not None:
+        start = engine(launch.engine).share_start_time(start)
+        if launch.rank != 0:
+            keys = tuple(o.split("=")[0] for o in _NON_MAIN_OVERRIDES)
+            argv[1:] = [a for a in argv[1:] if not a.startswith(keys)]
+            argv.extend(_NON_MAIN_OVERRIDES)
+            _skip_multirun_yaml()
+    os.environ[START_TIME_VAR] = repr(start)
+    return launch
+
+
+def _skip_multirun_yaml() -> None:
+    """Hydra's basic sweeper saves multirun.yaml in the sweep dir whatever the config says; rank
+    0's copy is the one to keep."""
+    from hydra._internal.core_plugins import basic_sweeper
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # its plugin scan re-executes basic_sweeper: patch after it
+
+    class _NoSave:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(OmegaConf, name)
+
+        @staticmethod
+        def save(*args: Any, **kwargs: Any) -> None:
+            return None
+
+    if getattr(basic_sweeper, "OmegaConf", None) is OmegaConf:
+        basic_sweeper.OmegaConf = _NoSave()  # type: ignore[attr-defined]
+
+
+def failure_message(exc: BaseException, launch: Launch) -> str:
+    """How a rank that failed (not by the user's mistake) reports itself: a peer's failure in its
+    own words, this rank's with its traceback printed first."""
+    if isinstance(exc, PeerFailure):
+        return str(exc)
+    import traceback
+
+    traceback.print_exception(exc, file=sys.stderr)
+    return f"rank {launch.rank} failed: {type(exc).__name__}: {exc}"
+
+
+def _start_time(pattern: str) -> str:
+    """``${pyrotrain_start:%H-%M-%S}``: rank 0's start time (set by :func:`start_process` in
+    every rank's environment, so Hydra's joblib workers see it too), else this process's."""
+    value = os.environ.get(START_TIME_VAR)
+    try:
+        stamp = float(value) if value else _PROCESS_START
+    except ValueError:
+        stamp = _PROCESS_START
+    return datetime.fromtimestamp(stamp).strftime(pattern)
+
+
+OmegaConf.register_new_resolver("pyrotrain_start", _start_time, replace=True)

@@ -1,0 +1,519 @@
+"""The SVI loop: fit a built :class:`~pyrotrain.build.Run` and write its outputs.
+
+Per step: this rank's minibatches -> ``elbo.loss_and_grads`` (parameters appear lazily) ->
+``backend.reduce`` (one collective carrying the gradients, the loss and the stop flag; a no-op in
+one process) -> ``stack`` (per group: clip -> optimizer -> schedule). Metrics, gradient norms and
+progress happen on logging steps only; checkpoints on checkpoint steps (rank 0 writes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import platform
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from pyro.poutine.messenger import Messenger
+
+from .build import Run, build, torch_defaults
+from .errors import PyrotrainError, TrainingStopped
+from .io import save_params, write_json
+from .metrics import MetricsSinks, ProgressDisplay, SmoothedLoss
+
+
+@dataclass
+class LoopState:
+    """The training loop's own state, saved in checkpoints."""
+
+    step: int = 0  # optimizer steps done
+    consumed: int = 0  # minibatches taken from the data order
+    epoch_losses: list[float] = field(default_factory=list)
+    skipped: int = 0  # non-finite steps skipped
+    bad_in_a_row: int = 0
+
+
+@dataclass
+class _Window:
+    """Throughput and mean loss since the last metrics row."""
+
+    start: float
+    samples: int = 0
+    steps: int = 0
+    losses: list[float] = field(default_factory=list)
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM ask the loop to stop after the current step (``signum`` says which);
+    a second SIGINT stops at once. Handlers exist only while training, in the main thread."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        sys.stderr.write(
+            f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
+            "(Ctrl-C again stops at once)\n"
+        )
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+
+class _CollectParams(Messenger):
+    """The unconstrained tensor of every ``pyro.param`` a step touches: what ``SVI.step`` gets
+    from ``poutine.trace(param_only=True)``, without building a trace (a dict copy per access).
+
+    As in a trace, the last value seen under a name wins: a PyroModule setting up its parameters
+    replaces the store's first tensor for a name with an ``nn.Parameter``.
+    """
+
+    def __enter__(self) -> _CollectParams:
+        self._values: dict[str, torch.Tensor] = {}
+        return super().__enter__()
+
+    def _pyro_post_param(self, msg: dict) -> None:
+        self._values[msg["name"]] = msg["value"]
+
+    @property
+    def params(self) -> set[torch.Tensor]:
+        return {v.unconstrained() for v in self._values.values()}
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def versions() -> dict[str, str]:
+    import hydra
+    import omegaconf
+
+    from . import __version__
+
+    return {
+        "pyrotrain": __version__,
+        "pyro": pyro.__version__,
+        "torch": torch.__version__,
+        "hydra": hydra.__version__,
+        "omegaconf": omegaconf.__version__,
+        "python": platform.python_version(),
+    }
+
+
+class Trainer:
+    """Runs the SVI loop of a built :class:`Run` and writes its outputs to ``run_dir``."""
+
+    def __init__(self, run: Run, run_dir: Path | None = None, console: Any = None):
+        self.run = run
+        self.writes = run_dir is not None and run.backend.is_main
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        if console is None:
+            from rich.console import Console
+
+            console = Console()
+        self.console = console
+        self.settings = run.config.trainer
+        self.accumulate = self.settings.accumulate_grad_batches
+        self.state = LoopState()
+        self.smoothed = SmoothedLoss(self.settings.smoothing)
+        self._last_params: set[torch.Tensor] = set()
+        self._epoch_of_last_batch = 0
+
+    def fit(self) -> dict[str, Any]:
+        """Train to the run's last step; return the summary (also written as summary.json)."""
+        run = self.run
+        with torch_defaults(run.dtype, run.device), _StopSignals() as signals:
+            return self._fit(signals)
+
+    def _fit(self, signals: _StopSignals) -> dict[str, Any]:
+        run, t = self.run, self.settings
+        pyro.set_rng_seed(run.config.seed)
+        batches = self._start()
+        total, first = run.total_steps, self.state.step + 1
+        metrics = MetricsSinks(self.run_dir if self.writes else None, (run.config.logger,))
+        display = ProgressDisplay(total, t.progress if run.backend.is_main else "none", self.console)
+        window = _Window(time.perf_counter())
+        start = after_first = window.start
+        loss = float("nan")
+        try:
+            for step in range(first, total + 1):
+                if step == first + 1:  # throughput leaves out the first step's one-time setup
+                    after_first = time.perf_counter()
+                loss, rows, norms, stop = self._step(step, first, batches, signals, window)
+                self.state.step, self.state.consumed = step, self.state.consumed + self.accumulate
+                window.samples += rows * run.backend.size
+                window.steps += 1
+                if step % run.steps_per_epoch == 0:
+                    run.stack.end_epoch(_mean(self.state.epoch_losses))
+                    self.state.epoch_losses = []
+                if step % t.log_every == 0 or step == total:
+                    lrs = run.stack.lrs()
+                    row = self._metrics_row(step, lrs, norms, window, start)
+                    metrics.write(row)
+                    display.update(step, self.smoothed.value, lrs, row["steps_per_s"])
+                    window = _Window(time.perf_counter())
+                if stop and step < total:  # at the last step, finishing is quicker
+                    self._stop(stop, signals.signum, metrics)
+                if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == total:
+                    self._checkpoint(metrics)
+        finally:
+            display.close()
+            metrics.close()
+        end = time.perf_counter()
+        summary = self._summary(loss, first, start, after_first, end)
+        if self.writes:
+            assert self.run_dir is not None
+            save_params(self.run_dir / "params.pt")
+            write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+    # -- the parts of a run -----------------------------------------------------------------------
+
+    def _start(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """This rank's minibatches from where the run starts (restoring a checkpoint first), and
+        the run directory made ready."""
+        run = self.run
+        batches = iter(run.order)
+        if run.resume is not None:
+            _, payload = run.resume
+            self.state = LoopState(**payload["loop"])
+            self.smoothed.load_state_dict(payload["smoothed"])
+            batches = run.order.iter_from(self.state.consumed)
+            first_batch = next(batches)
+            batches = itertools.chain([first_batch], batches)
+            self._restore(payload, first_batch[1])
+        if self.writes:
+            assert self.run_dir is not None
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if run.resume is not None:  # rows after the checkpoint are about to be redone
+                from .checkpoint import prune_metrics
+
+                prune_metrics(self.run_dir / "metrics.jsonl", self.state.step)
+        return batches
+
+    def _step(
+        self,
+        step: int,
+        first: int,
+        batches: Iterator[tuple[int, torch.Tensor]],
+        signals: _StopSignals,
+        window: _Window,
+    ) -> tuple[float, int, dict[str, float], int]:
+        """One optimizer step; returns the step's loss (the ranks' mean), the rows it saw on this
+        rank, the gradient norms (on logging steps) and the ranks' stop code."""
+        run, stack = self.run, self.run.stack
+        params, losses, rows, invalid = self._gradients(step == first, batches)
+        if step == first:
+            self._first_step(params)
+        self._last_params = params
+        if self.accumulate > 1:  # the minibatches' mean, as one batch of all their rows
+            grads = [p.grad for p in params if p.grad is not None]
+            if grads:
+                torch._foreach_div_(grads, self.accumulate)
+        loss, stop = run.backend.reduce(params, losses / self.accumulate, signals.signum)
+        norms: dict[str, float] = {}
+        bad = stack.nonfinite_groups(params)
+        if not math.isfinite(loss) or bad:
+            for p in params:
+                p.grad = None
+            self._non_finite(step, loss, bad, invalid)
+            return loss, rows, norms, stop
+        self.state.bad_in_a_row = 0
+        if step % self.settings.log_every == 0 or step == run.total_steps:
+            norms = stack.grad_norms(params)
+        stack(params)
+        for p in params:
+            p.grad = None
+        self.smoothed.update(loss)
+        stack.step(self.smoothed.value)
+        self.state.epoch_losses.append(loss)
+        window.losses.append(loss)
+        return loss, rows, norms, stop
+
+    def _gradients(
+        self, first: bool, batches: Iterator[tuple[int, torch.Tensor]]
+    ) -> tuple[set[torch.Tensor], float, int, str | None]:
+        """Backward passes over this step's minibatches; gradients add up in ``p.grad``.
+
+        Returns the parameters touched, the summed loss, the rows seen, and, where a distribution
+        refused a non-finite argument (how NaN usually shows in Pyro), its message: the step is
+        then lost, with the data order kept in step."""
+        params: set[torch.Tensor] = set()
+        losses, rows, invalid = 0.0, 0, None
+        for _ in range(self.accumulate):
+            self._epoch_of_last_batch, index = next(batches)
+            rows += len(index)
+            if invalid is not None:
+                continue
+            try:
+                with _CollectParams() as capture:
+                    losses += float(self._loss_and_grads(self._batch(index), first))
+            except ValueError as e:
+                if first or "found invalid values" not in str(e):
+                    raise
+                invalid = str(e).splitlines()[0]
+                continue
+            params |= capture.params
+        if invalid is not None:
+            params, losses = self._last_params, float("nan")
+            for p in params:
+                p.grad = None
+        return params, losses, rows, invalid
+
+    def _batch(self, index: torch.Tensor) -> dict[str, Any]:
+        run = self.run
+        index = index.to(run.device)
+        batch: dict[str, Any] = {k: v[index] for k, v in run.data.train.items()}
+        batch["index"] = index
+        batch["size"] = run.data.size
+        accepted = run.model_kwargs
+        if accepted is not None:
+            batch = {k: v for k, v in batch.items() if k in accepted}
+        return batch
+
+    def _loss_and_grads(self, batch: dict[str, Any], first: bool) -> Any:
+        run = self.run
+        if not first:
+            return run.elbo.loss_and_grads(run.model, run.guide, **batch)
+        try:
+            return run.elbo.loss_and_grads(run.model, run.guide, **batch)
+        except PyrotrainError:
+            raise
+        except Exception as e:
+            # The first batch is where a model meets its data: report the model's own words.
+            shapes = {k: tuple(v.shape) for k, v in batch.items() if torch.is_tensor(v)}
+            raise PyrotrainError(
+                f"the model failed on the first batch: {type(e).__name__}: {e}",
+                key="model",
+                value=run.config.model.name,
+                hint=f"The batch it was given: {shapes}. HYDRA_FULL_ERROR=1 shows the traceback",
+            ) from e
+
+    def _first_step(self, params: set[torch.Tensor]) -> None:
+        """Parameters exist now: assign them to groups, check every group got some, sync ranks."""
+        stack = self.run.stack
+        stack.assign(params)
+        unused = stack.unused_groups()
+        if unused:
+            g = unused[0]
+            raise PyrotrainError(
+                f"group '{g.name}' matches no parameter (patterns {[p.text for p in g.patterns]})",
+                key=f"{g.key}.params",
+                value=[p.text for p in g.patterns],
+                hint=f"The parameters are: {', '.join(stack.param_names())}. "
+                "Fix the patterns, or set optional: true on the group",
+            )
+        self.run.backend.broadcast_parameters(params)
+
+    def _metrics_row(
+        self,
+        step: int,
+        lrs: dict[str, float],
+        norms: dict[str, float],
+        window: _Window,
+        start: float,
+    ) -> dict[str, Any]:
+        now = time.perf_counter()
+        elapsed = max(now - window.start, 1e-9)
+        return {
+            "step": step,
+            "epoch": self._epoch_of_last_batch,
+            "loss": _mean(window.losses) if window.losses else float("nan"),
+            "smoothed_loss": self.smoothed.value,
+            **{f"lr/{k}": v for k, v in lrs.items()},
+            **{f"grad_norm/{k}": v for k, v in norms.items()},
+            "time": now - start,
+            "steps_per_s": window.steps / elapsed,
+            "samples_per_s": window.samples / elapsed,
+        }
+
+    def _summary(
+        self, loss: float, first: int, start: float, after_first: float, end: float
+    ) -> dict[str, Any]:
+        run, backend = self.run, self.run.backend
+        total = run.total_steps
+        wall = end - start
+        in_sync = backend.params_in_sync()
+        evaluation = self._evaluate()  # on every rank: the same numbers, for sweepers on each
+        done = total - first + 1
+        timed_steps, timed = (done - 1, end - after_first) if done > 1 else (1, wall)
+        rows_per_step = self.settings.batch_size or run.order.rows_per_rank
+        samples_per_rank = timed_steps * self.accumulate * rows_per_step / timed
+        return {
+            "final_loss": loss,
+            "smoothed_loss": self.smoothed.value,
+            "steps": total,
+            "epochs": math.ceil(total / run.steps_per_epoch),
+            "resumed_from_step": first - 1 if run.resume is not None else None,
+            "skipped_steps": self.state.skipped,
+            "wall_time_s": wall,
+            "steps_per_s": done / wall,
+            "samples_per_s_per_rank": samples_per_rank,
+            "samples_per_s": samples_per_rank * backend.size,
+            "world_size": backend.size,
+            "params_in_sync": in_sync,
+            "groups": run.stack.describe(),
+            "lr": run.stack.lrs(),
+            "eval": evaluation,
+            "run_dir": str(self.run_dir) if self.run_dir else None,
+            "versions": versions(),
+        }
+
+    def _evaluate(self) -> dict[str, Any] | None:
+        run = self.run
+        evaluate = getattr(run.model, "evaluate", None)
+        if evaluate is None or not run.data.eval:
+            return None
+        pyro.set_rng_seed(run.config.seed)
+        with torch.no_grad():
+            return evaluate(run.guide, run.data, num_samples=self.settings.eval_num_samples)
+
+    # -- checkpoints, resume, stopping ----------------------------------------------------------
+
+    def _checkpoint(self, metrics: MetricsSinks) -> None:
+        """Every rank hands in its RNG state; rank 0 writes the checkpoint."""
+        from .checkpoint import FORMAT, get_rng_state, save_checkpoint
+
+        run = self.run
+        rng = run.backend.gather_object(get_rng_state())
+        if not self.writes:
+            return
+        assert self.run_dir is not None
+        metrics.flush()
+        payload = {
+            "format": FORMAT,
+            "step": self.state.step,
+            "loop": dataclasses.asdict(self.state),
+            "smoothed": self.smoothed.state_dict(),
+            "param_store": pyro.get_param_store().get_state(),
+            "optim": run.stack.state_dict(),
+            "optimizer_args": run.stack.optimizer_args(),
+            "rng": rng,
+            "shape": run.shape,
+            "config": run.config.plain,
+            "versions": versions(),
+        }
+        save_checkpoint(payload, self.run_dir, self.settings.keep_checkpoints)
+
+    def _restore(self, payload: dict[str, Any], index: torch.Tensor) -> None:
+        """Load a checkpoint's state into the param store, the stack and the RNGs.
+
+        Models and guides create their parameters lazily (autoguides drawing random numbers as
+        they do, ``pyro.module`` registering the module's own tensors), so one ELBO evaluation on
+        the first batch creates them as in a fresh run; the saved values are then copied into
+        those very tensors, and the optimizer state and random number generators restored.
+        """
+        from .checkpoint import set_rng_state
+
+        run = self.run
+        with _CollectParams() as capture, torch.no_grad():
+            run.elbo.loss(run.model, run.guide, **self._batch(index))
+        store = pyro.get_param_store()
+        current = dict(store.named_parameters())
+        saved = payload["param_store"]
+        with torch.no_grad():
+            for name, value in saved["params"].items():
+                if name in current:
+                    if current[name].shape != value.shape:
+                        raise PyrotrainError(
+                            f"parameter '{name}' has shape {tuple(current[name].shape)} in this "
+                            f"run and {tuple(value.shape)} in the checkpoint",
+                            key="trainer.resume",
+                            value=str(run.resume[0]) if run.resume else None,
+                        )
+                    current[name].copy_(value)
+        later = {n: v for n, v in saved["params"].items() if n not in current}
+        if later:  # created after the first step in the saved run: they come from the store
+            store.set_state(
+                {"params": later, "constraints": {n: saved["constraints"][n] for n in later}}
+            )
+        run.stack.assign(capture.params)
+        run.stack.load_state_dict(payload["optim"])
+        changed = run.stack.apply_changed_args(payload["optimizer_args"])
+        if changed and run.backend.is_main:
+            for group, keys in changed.items():
+                for key, (was, now) in keys.items():
+                    self.console.print(f"resume: group {group} {key} {was} -> {now}")
+        set_rng_state(payload["rng"][run.backend.rank])
+
+    def _non_finite(self, step: int, loss: float, bad: list[str], invalid: str | None) -> None:
+        """Apply ``trainer.nan_policy`` to a step whose loss or gradients are not finite
+        (``invalid``: a distribution refused a non-finite argument on this rank)."""
+        t, state = self.settings, self.state
+        if bad:
+            where = f"the gradient of group {', '.join(repr(b) for b in bad)}"
+        elif invalid:
+            where = f"the loss (a distribution was given non-finite values: {invalid})"
+        else:
+            where = f"the loss ({loss})"
+        state.skipped += 1
+        state.bad_in_a_row += 1
+        if t.nan_policy == "stop" or state.bad_in_a_row > t.max_bad_steps:
+            from .checkpoint import list_checkpoints
+
+            saved = list_checkpoints(self.run_dir) if self.run_dir else []
+            last = f"The last good checkpoint is {saved[0]}" if saved else "No checkpoint was saved"
+            why = (
+                f"after {t.max_bad_steps} non-finite steps in a row"
+                if t.nan_policy != "stop"
+                else "(trainer.nan_policy=stop)"
+            )
+            raise TrainingStopped(
+                f"training stopped at step {step}: {where} is not finite {why}",
+                exit_code=1,
+                hint=f"{last}. Lower the learning rate, add clipping, or set "
+                "trainer.nan_policy=skip or reduce_lr, and continue from it with "
+                f"trainer.resume={self.run_dir or '<run dir>'}",
+            )
+        if t.nan_policy == "reduce_lr":
+            groups = bad or list(self.run.stack.lrs())
+            self.run.stack.scale_lr(groups, t.nan_lr_factor)
+        if self.run.backend.is_main:
+            action = "skipped" if t.nan_policy == "skip" else f"skipped, lr x{t.nan_lr_factor}"
+            self.console.print(f"[yellow]step {step}: {where} is not finite; {action}[/]")
+
+    def _stop(self, stop: int, own: int, metrics: MetricsSinks) -> None:
+        """A rank got SIGINT or SIGTERM: every rank ends after the same step, with a checkpoint."""
+        signum = own or (signal.SIGTERM if stop >= signal.SIGTERM else signal.SIGINT)
+        self._checkpoint(metrics)
+        name = signal.Signals(signum).name
+        where = f" and saved a checkpoint in {self.run_dir}" if self.writes else ""
+        raise TrainingStopped(
+            f"{name}: training stopped after step {self.state.step}{where}",
+            exit_code=128 + signum,
+            hint="Continue with the same command plus "
+            f"trainer.resume={self.run_dir or '<run dir>'}",
+        )
+
+
+def train(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run one training job from a composed config; return its summary.
+
+    The Pyro param store is cleared first and holds the trained parameters afterwards. Outputs
+    (metrics.jsonl, params.pt, summary.json) are written to ``run_dir`` when it is given.
+    """
+    pyro.clear_param_store()
+    out = Path(run_dir) if run_dir is not None else None
+    return Trainer(build(cfg, out), out).fit()
