@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import types
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -141,6 +143,48 @@ def call_with_kwargs(fn: Callable, kwargs: Mapping[str, Any], key: str, *args: A
     """Call ``fn(*args, **kwargs)``, turning unknown keyword arguments into a PyrotrainError."""
     check_kwargs(fn, kwargs, key, n_positional=len(args))
     return fn(*args, **kwargs)
+
+
+def _annotations(fn: Callable) -> dict[str, Any]:
+    """Each parameter's annotation as a type, where it can be evaluated (one unresolvable
+    annotation does not hide the others, as it does for ``typing.get_type_hints``)."""
+    target = fn.__init__ if inspect.isclass(fn) else fn
+    try:
+        return typing.get_type_hints(target)
+    except Exception:
+        pass
+    namespace = {**vars(typing), **getattr(inspect.getmodule(target), "__dict__", {})}
+    out = {}
+    for name, ann in getattr(target, "__annotations__", {}).items():
+        try:
+            out[name] = eval(ann, namespace) if isinstance(ann, str) else ann  # noqa: S307
+        except Exception:
+            continue
+    return out
+
+
+def _checkable(tp: Any) -> bool:
+    """Whether :func:`pyrotrain.schema.coerce` understands every part of a type."""
+    if tp in (int, float, bool, str, type(None)):
+        return True
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return True
+    if origin in (typing.Union, types.UnionType, list):
+        return all(_checkable(a) for a in typing.get_args(tp))
+    return False
+
+
+def check_typed_kwargs(fn: Callable, kwargs: Mapping[str, Any], key: str) -> None:
+    """Check ``kwargs`` against the simple types ``fn`` annotates its parameters with (a
+    scheduler's ``gamma: float``), so that a wrong type is refused before it is first used."""
+    from .schema import coerce
+
+    hints = _annotations(fn)
+    for name, value in kwargs.items():
+        tp = hints.get(name)
+        if tp is not None and _checkable(tp):
+            coerce(value, tp, f"{key}.{name}")
 
 
 def check_kwargs(fn: Callable, kwargs: Mapping[str, Any], key: str, n_positional: int = 0) -> None:

@@ -170,7 +170,10 @@ BAD_SETTINGS = [
     ({"op": "max"}, ["distributed.op", "'max'", "average, sum, adasum"]),
     ({"lr_scaling": "cubic"}, ["distributed.lr_scaling", "'cubic'", "none, linear, sqrt"]),
     ({"allreduce": "ring"}, ["distributed.allreduce", "fused, grouped, per_tensor"]),
-    ({"backward_passes_per_step": 0}, ["distributed.backward_passes_per_step", "0"]),
+    (
+        {"backward_passes_per_step": 2},
+        ["distributed.backward_passes_per_step", "trainer.accumulate_grad_batches"],
+    ),
     ({"gradient_predivide_factor": -1}, ["distributed.gradient_predivide_factor", "-1"]),
     ({"gradient_predivide_factor": 2.0, "op": "sum"}, ["op=average", "'sum'"]),
     ({"bogus": 1}, ["distributed.bogus", "Valid choices: name, compression"]),
@@ -179,33 +182,13 @@ BAD_SETTINGS = [
 
 @pytest.mark.parametrize("settings,expected", BAD_SETTINGS, ids=[str(s) for s, _ in BAD_SETTINGS])
 def test_bad_distributed_settings_name_key_value_and_choices(settings, expected):
-    from pyrotrain.distributed import build_backend
+    from pyrotrain.distributed import parse_distributed
 
     for name in ("auto", "horovod"):  # checked even when auto runs one process
         with pytest.raises(PyrotrainError) as e:
-            build_backend({"name": name, **settings})
+            parse_distributed({"name": name, **settings})
         for text in expected:
             assert text in str(e.value), (text, str(e.value))
-
-
-def test_lr_scaling_multiplies_every_groups_lr_or_eta():
-    from pyrotrain.distributed import scale_learning_rates
-    from pyrotrain.optim.stack import parse_groups
-
-    specs, _ = parse_groups(
-        {
-            "groups": {
-                "a": {"params": ["a*"], "optimizer": {"name": "adam", "lr": 0.01}},
-                "b": {"params": ["b*"], "optimizer": {"name": "adagrad_rmsprop", "eta": 0.5}},
-                "c": {"params": ["c*"], "optimizer": {"name": "sgd", "lr": 0.1}, "frozen": True},
-                "d": {"params": ["*"], "optimizer": {"name": "adam"}},  # torch's default 0.001
-            }
-        }
-    )
-    scale_learning_rates(specs, 4.0)
-    args = {s.name: s.optimizer_args for s in specs}
-    assert args["a"]["lr"] == pytest.approx(0.04) and args["b"]["eta"] == pytest.approx(2.0)
-    assert args["c"]["lr"] == 0.1 and args["d"]["lr"] == pytest.approx(0.004)
 
 
 # -- horovodrun ----------------------------------------------------------------------------------
@@ -254,7 +237,7 @@ def test_two_ranks_train_like_one_process_with_twice_the_batch(tmp_path):
 
 def test_multi_group_stack_with_dct_adam_matches_one_process(tmp_path):
     """Three groups (DCTAdam on a DCT-marked weight, AdagradRMSProp with clipping, Adam), a
-    plateau scheduler, lr_scaling=linear and backward_passes_per_step=2, against one process that
+    plateau scheduler, lr_scaling=linear and accumulate_grad_batches=2, against one process that
     has the doubled learning rates and all 100 rows of each step. AutoDelta samples nothing, so
     the two runs agree to rounding error only if clipping follows averaging, the scheduler sees
     the same loss, and the lrs are scaled."""
@@ -293,7 +276,7 @@ def test_multi_group_stack_with_dct_adam_matches_one_process(tmp_path):
         *stack,
         *optimizers(1),
         "distributed.lr_scaling=linear",
-        "distributed.backward_passes_per_step=2",
+        "trainer.accumulate_grad_batches=2",
         "trainer.batch_size=25",
         "hydra.run.dir=run",
         cwd=cwd,

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import PyrotrainError
-from ..registry import OPTIMIZERS, SCHEDULERS, check_kwargs, rate_key
+from ..registry import OPTIMIZERS, SCHEDULERS, check_kwargs, check_typed_kwargs, rate_key
 from ..schema import Named, parse, parse_named, setting
 
 INTERVALS = ("step", "epoch")
@@ -88,6 +88,7 @@ class SchedulerSpec:
         else:
             cls_ = SCHEDULERS.get(named.name, f"{key}.name")
             check_kwargs(cls_, args, key, n_positional=1)
+            check_typed_kwargs(cls_, args, key)
         spec = cls(name=named.name, interval=interval, args=args, key=key)
         spec._dry_run()
         return spec

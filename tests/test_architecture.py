@@ -1,0 +1,207 @@
+"""The shape the code promises: one step-size key, one validation path, accumulation in one
+process, distribution kept inside its backends, settings documented from the code."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+import yaml
+from omegaconf import open_dict
+
+import pyrotrain
+from pyrotrain.build import _scaled_rates
+from pyrotrain.config import parse_config, trainer_defaults
+from pyrotrain.errors import PyrotrainError
+from pyrotrain.loop import train
+from pyrotrain.optim import OptimizerStack
+from pyrotrain.registry import OPTIMIZERS, rate_key
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = ["trainer.progress=none", "trainer.log_every=5"]
+
+
+def one_group(name: str, **args):
+    return {"groups": {"all": {"params": ["*"], "optimizer": {"name": name, **args}}}}
+
+
+# -- one step-size key -----------------------------------------------------------------------------
+
+
+def test_reduce_lr_lowers_eta_of_an_adagrad_rmsprop_group():
+    cfg = pyrotrain.compose(
+        [
+            *QUICK,
+            "model=custom",
+            "model.target=toy_models:GoesNonFinite",
+            "guide=model",
+            "trainer.steps=12",
+            "+model.nan_grad_at=[3,6]",
+            "trainer.nan_policy=reduce_lr",
+            "trainer.nan_lr_factor=0.1",
+        ]
+    )
+    with open_dict(cfg):
+        cfg.optim.groups = {
+            "a": {"params": ["a"], "optimizer": {"name": "adam", "lr": 0.1}},
+            "b": {"params": ["b"], "optimizer": {"name": "adagrad_rmsprop", "eta": 0.5}},
+        }
+    summary = train(cfg)
+    assert summary["skipped_steps"] == 2
+    assert summary["lr"] == {"a": pytest.approx(0.1), "b": pytest.approx(0.005)}
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS.names())
+def test_every_registered_optimizers_rate_is_read_scaled_and_scheduled_or_refused(name):
+    rate = rate_key(name)
+    assert rate in ("lr", "eta"), (name, rate)
+    scheduler = {"name": "exponential", "gamma": 0.5}
+    if rate != "lr":
+        with pytest.raises(PyrotrainError, match=f"step size is '{rate}'.*scheduler: none"):
+            OptimizerStack.from_config(one_group(name, **{rate: 0.2}), scheduler)
+        scheduler = None
+    stack = OptimizerStack.from_config(one_group(name, **{rate: 0.2}), scheduler)
+    assert stack.lrs() == {"all": pytest.approx(0.2)}  # before any parameter exists
+    p = pyro.param("w", torch.ones(3)).unconstrained()
+    p.grad = torch.ones(3)
+    stack({p})
+    optimizer = stack.groups[0].optimizer
+    assert optimizer.param_groups[0][rate] == pytest.approx(0.2)
+    stack.scale_lr(["all"], 0.5)
+    assert optimizer.param_groups[0][rate] == pytest.approx(0.1)
+    assert stack.lrs() == {"all": pytest.approx(0.1)}
+    if scheduler is not None:
+        stack.step()  # the schedule goes on from the scaled rate
+        assert stack.lrs() == {"all": pytest.approx(0.05)}
+
+
+def test_lr_scaling_multiplies_every_groups_step_size_or_its_default():
+    cfg = parse_config(
+        pyrotrain.compose(
+            [
+                "optim=multi",
+                "optim.groups.locs.optimizer.name=adagrad_rmsprop",
+                "~optim.groups.locs.optimizer.lr",
+                "+optim.groups.locs.optimizer.eta=0.5",
+                "+optim.groups.scales.frozen=true",
+                "~optim.groups.weights.optimizer.lr",  # torch's default 0.001
+            ]
+        )
+    )
+    args = {s.name: s.optimizer_args for s in _scaled_rates(cfg, 4.0)}
+    assert args["locs"]["eta"] == pytest.approx(2.0)
+    assert args["scales"]["lr"] == 0.001  # frozen: untouched
+    assert args["weights"]["lr"] == pytest.approx(0.004)
+    assert {s.name: s.optimizer_args for s in cfg.groups}["locs"]["eta"] == 0.5  # not in place
+
+
+# -- gradient accumulation ---------------------------------------------------------------------
+
+
+def _params():
+    return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+
+
+def test_two_accumulated_batches_equal_one_batch_of_twice_the_rows():
+    """SGD on AutoDelta (no sampling): 2 passes of 50 rows = 1 pass of the same 100 rows."""
+    base = [
+        *QUICK,
+        "data=synthetic_regression",
+        "data.size=1000",  # 800 training rows: whole batches of 50 and 100 in every epoch
+        "guide=auto_delta",
+        "optim=sgd",
+        "optim.lr=1e-5",
+        "trainer.dtype=float64",
+        "trainer.steps=20",  # two epochs
+    ]
+    train(pyrotrain.compose([*base, "trainer.batch_size=50", "trainer.accumulate_grad_batches=2"]))
+    accumulated = _params()
+    train(pyrotrain.compose([*base, "trainer.batch_size=100"]))
+    big = _params()
+    train(pyrotrain.compose([*base, "trainer.batch_size=50"]))
+    small = _params()
+    assert max((accumulated[k] - big[k]).abs().max().item() for k in big) < 1e-6
+    assert max((small[k] - big[k]).abs().max().item() for k in big) > 1e-4  # tellable apart
+
+
+def test_backward_passes_per_step_names_its_new_home():
+    with pytest.raises(PyrotrainError, match="now trainer.accumulate_grad_batches"):
+        parse_config(pyrotrain.compose(["+distributed.backward_passes_per_step=2"]))
+
+
+# -- one validation path ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("trainer.steps=abc", "'trainer.steps': 'abc'"),
+        ("seed=4294967296", "must be at most 4294967295"),
+        ("scheduler=step scheduler.gamma=abc", "'scheduler.gamma': 'abc'"),
+        ("+optim.groups.all.optimizer.betaz=1", "takes no argument 'betaz'"),
+        ("+optim.groups.all.clip.norm=-1", "'optim.groups.all.clip.norm': -1"),
+        ("distributed.op=max", "Valid choices: average, sum, adasum"),
+        ("model=custom model.target=math:pi", "must name a class or a function"),
+    ],
+)
+def test_bad_values_are_refused_when_parsed_before_anything_is_built(override, expected):
+    cfg = pyrotrain.compose(override.split())
+    with pytest.raises(PyrotrainError) as e:
+        parse_config(cfg)
+    assert expected in str(e.value)
+
+
+def test_trainer_yaml_lists_every_setting_with_the_codes_default():
+    text = (ROOT / "conf" / "trainer" / "default.yaml").read_text()
+    assert yaml.safe_load(text) == trainer_defaults()
+
+
+def test_settings_tables_in_the_docs_are_generated_from_the_code():
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "settings_tables.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+
+
+# -- distribution stays in its backends --------------------------------------------------------
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            module = "." * node.level + (node.module or "")
+            names |= {module} | {f"{module}.{a.name}" for a in node.names}
+    return names
+
+
+def test_only_the_horovod_backend_imports_horovod():
+    package = ROOT / "pyrotrain"
+    for path in package.rglob("*.py"):
+        if path.name == "horovod.py" and path.parent.name == "distributed":
+            continue
+        imported = _imports(path)
+        assert not any(n.split(".")[0] == "horovod" for n in imported), path
+        if path.name in ("cli.py", "loop.py", "build.py"):
+            assert not any("horovod" in n or ".single" in n for n in imported), path
+
+
+def test_a_backend_module_is_all_an_engine_needs():
+    from pyrotrain.distributed import Backend, base
+
+    for module_name in base.ENGINES:
+        module = base._module(module_name)
+        for attr in ("NAME", "LAUNCH_VARS", "Settings", "create", "share_start_time"):
+            assert hasattr(module, attr), (module_name, attr)
+        assert (ROOT / "conf" / "distributed" / f"{module.NAME}.yaml").exists()
+    backend = base.create_backend(base.parse_distributed("none"))
+    assert isinstance(backend, Backend)
