@@ -68,18 +68,21 @@ class Settings:
         "how the ranks' gradients combine; adasum needs Horovod built with MPI", default="average"
     )
     gradient_predivide_factor: float = setting(
-        "op=average only: divide by this before the sum and by (ranks / this) after it",
+        "op=average only: divide by this before the sum and by (ranks / this) after it, "
+        "against fp16 overflow",
         default=1.0,
         minimum=0,
         exclusive=True,
     )
     lr_scaling: Literal["none", "linear", "sqrt"] = setting(
-        "multiply every group's step size by the number of ranks N (linear) or sqrt(N)",
+        "multiply every group's step size (lr; eta for adagrad_rmsprop; the optimizer's "
+        "default when unset) by the number of ranks N (linear) or sqrt(N) when the run is built",
         default="none",
     )
     allreduce: Literal["fused", "grouped", "per_tensor"] = setting(
-        "one flat buffer per dtype per step (fused), hvd.grouped_allreduce, or one allreduce "
-        "per parameter (per_tensor, as hvd.DistributedOptimizer)",
+        "fused: one flat buffer per dtype per step, the loss and stop flag included; grouped: "
+        "hvd.grouped_allreduce; per_tensor: one allreduce per parameter, as "
+        "hvd.DistributedOptimizer and pyro.optim.HorovodOptimizer do",
         default="fused",
     )
 
