@@ -23,6 +23,7 @@ from .schema import Named, coerce, parse, parse_named, setting, to_plain
 
 LOGGERS = ("jsonl", "csv", "tensorboard")
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+SEED_HELP = "a non-negative integer; seeds torch, numpy, random and the minibatch order"
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def parse_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:
                 choices=TOP_LEVEL_KEYS,
             )
     trainer = parse(TrainerConfig, plain.get("trainer"), "trainer")
-    seed = coerce(plain.get("seed", 0), int, "seed", {"help": "the run's seed", "minimum": 0})
+    seed = coerce(plain.get("seed", 0), int, "seed", {"help": SEED_HELP, "minimum": 0})
     if seed > MAX_SEED:
         raise PyrotrainError(f"seed must be at most {MAX_SEED}", key="seed", value=seed)
     optim = parse(OptimConfig, plain.get("optim"), "optim")
