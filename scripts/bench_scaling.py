@@ -170,7 +170,8 @@ def micro_worker(args: argparse.Namespace) -> None:
     import pyro
     import torch
 
-    from pyrotrain.distributed.horovod import HorovodBackend, HorovodSettings
+    from pyrotrain.distributed.horovod import HorovodBackend
+    from pyrotrain.distributed.horovod import Settings as HorovodSettings
 
     shapes = {
         "regression (6 tensors, 24 floats)": [(10,), (10,), (), (), (), ()],
@@ -196,7 +197,7 @@ def micro_worker(args: argparse.Namespace) -> None:
                         start = time.perf_counter()
                     for p in params:
                         p.grad = torch.ones_like(p)
-                    backend.average_gradients(params, 1.0)
+                    backend.reduce(params, 1.0)
                 times[s].append((time.perf_counter() - start) / iters * 1e6)
         out[label] = {s: statistics.median(v) for s, v in times.items()}
     if backends["fused"].is_main:
