@@ -184,6 +184,7 @@ def _scaled_rates(config: RunConfig, factor: float) -> list:
                 key="distributed.lr_scaling",
                 hint=f"Set {spec.key}.optimizer.lr explicitly, or use lr_scaling=none",
             )
+        assert spec.rate is not None  # a rate was found for it
         args = {**spec.optimizer_args, spec.rate: float(rate) * factor}
         scaled.append(dataclasses.replace(spec, optimizer_args=args))
     return scaled

@@ -99,7 +99,8 @@ class _CollectParams(Messenger):
 
     @property
     def params(self) -> set[torch.Tensor]:
-        return {v.unconstrained() for v in self._values.values()}
+        # the param store's constrained values carry their unconstrained tensor (set by Pyro)
+        return {v.unconstrained() for v in self._values.values()}  # type: ignore[attr-defined]
 
 
 def _mean(values: list[float]) -> float | None:

@@ -13,7 +13,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
@@ -178,7 +178,7 @@ def coerce(value: Any, tp: Any, key: str, meta: dict | None = None) -> Any:
                 continue
         raise PyrotrainError(f"{key} must be {describe_type(tp)}{help_text}", key=key, value=value)
     if dataclasses.is_dataclass(tp) and tp is not Named:
-        return parse(tp, value, key)
+        return parse(cast(type, tp), value, key)
     if tp is Named:
         return parse_named(value, key)
     if origin is list:

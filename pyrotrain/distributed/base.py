@@ -250,7 +250,8 @@ def _skip_multirun_yaml() -> None:
             return None
 
     if getattr(basic_sweeper, "OmegaConf", None) is OmegaConf:
-        basic_sweeper.OmegaConf = _NoSave()  # type: ignore[attr-defined]
+        # a stand-in, not the OmegaConf class the module's global is typed as
+        basic_sweeper.OmegaConf = _NoSave()  # type: ignore[misc, assignment]
 
 
 def failure_message(exc: BaseException, launch: Launch) -> str:

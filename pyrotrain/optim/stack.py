@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pyro
 import torch
@@ -101,7 +101,7 @@ class OptimizerStack(PyroOptim):
         if not new:
             return
         store = pyro.get_param_store()
-        named = sorted(((store.param_name(p), p) for p in new), key=lambda t: t[0])
+        named = sorted(((cast(str, store.param_name(p)), p) for p in new), key=lambda t: t[0])
         touched: list[Group] = []
         for name, p in named:
             group = self._match(name)
@@ -134,7 +134,7 @@ class OptimizerStack(PyroOptim):
                         key="optim.dct",
                         value=mark.dim,
                     )
-                p._pyro_dct_dim = mark.dim
+                p._pyro_dct_dim = mark.dim  # type: ignore[attr-defined]  # read by DCTAdam
                 return
 
     def _grow_optimizer(self, group: Group) -> None:
@@ -201,7 +201,8 @@ class OptimizerStack(PyroOptim):
 
     def _step_schedulers(self, interval: str, loss: float | None) -> None:
         for group in self.groups:
-            if group.scheduler is not None and group.spec.scheduler.interval == interval:
+            spec = group.spec.scheduler
+            if group.scheduler is not None and spec is not None and spec.interval == interval:
                 step_scheduler(group.scheduler, loss)
 
     # -- reporting ------------------------------------------------------------------------------
