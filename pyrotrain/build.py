@@ -91,7 +91,9 @@ def build(cfg: RunConfig | DictConfig | dict[str, Any], run_dir: Path | None = N
     with torch_defaults(dtype, device):
         model = _build_model(config.model, data)
         guide = _build_guide(config.guide, model)
-        elbo = call_with_kwargs(ELBOS.get(config.elbo.name, "elbo.name"), config.elbo.kwargs, "elbo")
+        elbo = call_with_kwargs(
+            ELBOS.get(config.elbo.name, "elbo.name"), config.elbo.kwargs, "elbo"
+        )
     for mark in config.dct_marks:
         if mark.plate is not None:
             guide = MarkDCTParamMessenger(mark.plate)(guide)

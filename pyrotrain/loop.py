@@ -154,7 +154,9 @@ class Trainer:
         batches = self._start()
         total, first = run.total_steps, self.state.step + 1
         metrics = MetricsSinks(self.run_dir if self.writes else None, (run.config.logger,))
-        display = ProgressDisplay(total, t.progress if run.backend.is_main else "none", self.console)
+        display = ProgressDisplay(
+            total, t.progress if run.backend.is_main else "none", self.console
+        )
         window = _Window(time.perf_counter())
         start = after_first = window.start
         loss = float("nan")

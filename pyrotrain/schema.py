@@ -163,7 +163,9 @@ def coerce(value: Any, tp: Any, key: str, meta: dict | None = None) -> Any:
         return value
     if origin is Literal:
         if value not in args or isinstance(value, bool) != any(isinstance(a, bool) for a in args):
-            raise PyrotrainError(f"not a valid choice{help_text}", key=key, value=value, choices=args)
+            raise PyrotrainError(
+                f"not a valid choice{help_text}", key=key, value=value, choices=args
+            )
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -229,9 +231,13 @@ def settings_table(cls: type, values: dict[str, Any] | None = None) -> str:
             default = f.default_factory()
         else:
             default = f.default
-        shown = "null" if default is None else str(default).lower() if isinstance(
-            default, bool
-        ) else str(default)
+        shown = (
+            "null"
+            if default is None
+            else str(default).lower()
+            if isinstance(default, bool)
+            else str(default)
+        )
         accepts = describe_type(hints[f.name])
         bounds = []
         m = f.metadata

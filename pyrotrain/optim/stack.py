@@ -56,7 +56,6 @@ class Group:
                 sched._last_lr = [lr * factor for lr in sched._last_lr]
 
 
-
 class OptimizerStack(PyroOptim):
     """Ordered parameter groups, each with ONE optimizer over all its parameters.
 
