@@ -245,7 +245,8 @@ class OptimizerStack(PyroOptim):
         ]
 
     def scale_lr(self, names: Iterable[str], factor: float) -> None:
-        """Multiply the step size of the named groups by ``factor`` (see :meth:`Group.scale_rate`)."""
+        """Multiply the step size of the named groups by ``factor`` (see
+        :meth:`Group.scale_rate`)."""
         wanted = set(names)
         for group in self.groups:
             if group.spec.name in wanted:
