@@ -1,5 +1,6 @@
 # pyrotrain: `make run` installs everything (Horovod included) and runs the default job;
-# `make test` runs the tests. Everything lives in .venv inside the repository.
+# `make test` runs `make lint` (ruff, mypy), then the tests. Everything lives in .venv inside
+# the repository.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -23,16 +24,17 @@ $(STAMP): pyproject.toml
 run: install
 	$(VENV)/bin/pyrotrain
 
-test: install
+test: install lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-lint: install
+lint: install  ## ruff (lint and format check), then mypy (its settings: [tool.mypy] in pyproject.toml)
 	$(VENV)/bin/ruff check pyrotrain models tests scripts
 	$(VENV)/bin/ruff format --check pyrotrain models tests scripts
+	$(VENV)/bin/mypy
 
 bench: install  ## every benchmark, then bench/results.json and bench/results.md (BENCH_ARGS=--quick: < 5 min)
 	$(PY) scripts/bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache .mypy_cache build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

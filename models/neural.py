@@ -108,13 +108,13 @@ class DigitsVAE:
         x, x_train = data.eval["x"], data.train["x"]
         n = x.shape[0]
         rows = torch.arange(n)
-        log_w = []
+        log_ws = []
         for _ in range(num_samples):
             g = poutine.trace(guide).get_trace(x, index=rows, size=n)
             m = poutine.trace(poutine.replay(self, trace=g)).get_trace(x, index=rows, size=n)
             # One importance weight per image (b drawn from its posterior: the predictive).
-            log_w.append(_log_prob(m, "obs") + _log_prob(m, "z") - _log_prob(g, "z"))
-        log_w = torch.stack(log_w)  # (num_samples, n)
+            log_ws.append(_log_prob(m, "obs") + _log_prob(m, "z") - _log_prob(g, "z"))
+        log_w = torch.stack(log_ws)  # (num_samples, n)
         iwae = log_w.logsumexp(0) - math.log(num_samples)
         p = (x_train.sum(0) + 0.5) / (LEVELS * x_train.shape[0] + 1)
         baseline = dist.Binomial(LEVELS, probs=p).log_prob(x).sum(-1)

@@ -91,7 +91,9 @@ def build(cfg: RunConfig | DictConfig | dict[str, Any], run_dir: Path | None = N
     with torch_defaults(dtype, device):
         model = _build_model(config.model, data)
         guide = _build_guide(config.guide, model)
-        elbo = call_with_kwargs(ELBOS.get(config.elbo.name, "elbo.name"), config.elbo.kwargs, "elbo")
+        elbo = call_with_kwargs(
+            ELBOS.get(config.elbo.name, "elbo.name"), config.elbo.kwargs, "elbo"
+        )
     for mark in config.dct_marks:
         if mark.plate is not None:
             guide = MarkDCTParamMessenger(mark.plate)(guide)
@@ -184,6 +186,7 @@ def _scaled_rates(config: RunConfig, factor: float) -> list:
                 key="distributed.lr_scaling",
                 hint=f"Set {spec.key}.optimizer.lr explicitly, or use lr_scaling=none",
             )
+        assert spec.rate is not None  # a rate was found for it
         args = {**spec.optimizer_args, spec.rate: float(rate) * factor}
         scaled.append(dataclasses.replace(spec, optimizer_args=args))
     return scaled

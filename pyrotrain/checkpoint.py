@@ -6,8 +6,9 @@ scheduler state, the step and the number of minibatches consumed (the position i
 order), the loop's own state (smoothed loss, the epoch's losses, the count of skipped steps), the
 RNG states of every rank (torch, python, numpy, CUDA) and the config it was trained with.
 
-Files are written atomically (:mod:`pyrotrain.io`: temporary file, fsync, rename, fsync of the directory), so a crash or
-SIGKILL during a write leaves the previous checkpoints intact; the last ``keep`` are kept.
+Files are written atomically (:mod:`pyrotrain.io`: temporary file, fsync, rename, fsync of the
+directory), so a crash or SIGKILL during a write leaves the previous checkpoints intact; the last
+``keep`` are kept.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 import torch
@@ -73,7 +74,7 @@ def _job(cfg: DictConfig) -> float:
 
 def objective(summary: dict, path: str) -> float:
     """The summary value at a dotted ``path`` (``eval.rmse``), returned to Hydra's sweeper."""
-    value: object = summary
+    value: Any = summary
     for part in path.split("."):
         if not isinstance(value, dict) or part not in value:
             choices = ["smoothed_loss", "final_loss"] + [

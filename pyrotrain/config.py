@@ -71,7 +71,9 @@ class TrainerConfig:
         default=500,
         minimum=1,
     )
-    keep_checkpoints: int = setting("how many of the newest checkpoints to keep", default=3, minimum=1)
+    keep_checkpoints: int = setting(
+        "how many of the newest checkpoints to keep", default=3, minimum=1
+    )
     resume: str | None = setting(
         "a run directory or checkpoint file to continue from, or auto (this run directory's "
         "newest readable checkpoint, if any)",

@@ -99,7 +99,8 @@ class _CollectParams(Messenger):
 
     @property
     def params(self) -> set[torch.Tensor]:
-        return {v.unconstrained() for v in self._values.values()}
+        # the param store's constrained values carry their unconstrained tensor (set by Pyro)
+        return {v.unconstrained() for v in self._values.values()}  # type: ignore[attr-defined]
 
 
 def _mean(values: list[float]) -> float | None:
@@ -153,7 +154,9 @@ class Trainer:
         batches = self._start()
         total, first = run.total_steps, self.state.step + 1
         metrics = MetricsSinks(self.run_dir if self.writes else None, (run.config.logger,))
-        display = ProgressDisplay(total, t.progress if run.backend.is_main else "none", self.console)
+        display = ProgressDisplay(
+            total, t.progress if run.backend.is_main else "none", self.console
+        )
         window = _Window(time.perf_counter())
         start = after_first = window.start
         loss = float("nan")

@@ -40,7 +40,7 @@ class SmoothedLoss:
         return {"avg": self._avg, "n": self._n}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
-        self._avg, self._n = state["avg"], state["n"]
+        self._avg, self._n = state["avg"], int(state["n"])
 
     @property
     def value(self) -> float:

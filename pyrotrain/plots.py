@@ -177,9 +177,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.path.is_dir():
         parser.error(f"{args.path} is not a directory")
-    written = []
+    written: list[Path | None] = []
     if (args.path / "metrics.jsonl").exists():
-        written = plot_run(args.path, args.log_scale)
+        written += plot_run(args.path, args.log_scale)
     else:
         jobs = sweep_jobs(args.path)
         if not jobs:

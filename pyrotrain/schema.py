@@ -13,7 +13,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
@@ -163,7 +163,9 @@ def coerce(value: Any, tp: Any, key: str, meta: dict | None = None) -> Any:
         return value
     if origin is Literal:
         if value not in args or isinstance(value, bool) != any(isinstance(a, bool) for a in args):
-            raise PyrotrainError(f"not a valid choice{help_text}", key=key, value=value, choices=args)
+            raise PyrotrainError(
+                f"not a valid choice{help_text}", key=key, value=value, choices=args
+            )
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -178,7 +180,7 @@ def coerce(value: Any, tp: Any, key: str, meta: dict | None = None) -> Any:
                 continue
         raise PyrotrainError(f"{key} must be {describe_type(tp)}{help_text}", key=key, value=value)
     if dataclasses.is_dataclass(tp) and tp is not Named:
-        return parse(tp, value, key)
+        return parse(cast(type, tp), value, key)
     if tp is Named:
         return parse_named(value, key)
     if origin is list:
@@ -229,9 +231,13 @@ def settings_table(cls: type, values: dict[str, Any] | None = None) -> str:
             default = f.default_factory()
         else:
             default = f.default
-        shown = "null" if default is None else str(default).lower() if isinstance(
-            default, bool
-        ) else str(default)
+        shown = (
+            "null"
+            if default is None
+            else str(default).lower()
+            if isinstance(default, bool)
+            else str(default)
+        )
         accepts = describe_type(hints[f.name])
         bounds = []
         m = f.metadata

@@ -1,12 +1,13 @@
 #!/usr/bin/env python
 """Convergence: does each recommended optimizer reach a good ELBO in fewer steps on its model?
 
-Two comparisons, as docs/optimizers.md recommends them: DCTAdam against Adam on the time-series model
-(whose guide's locations and scales are time series), AdagradRMSProp against Adam on the sparse
-ratings model (infrequent, very different gradients). For each optimizer, every learning rate of a
-small grid is run with several seeds; the best lr is the one with the lowest median final smoothed
-loss. The target is the worse of the two optimizers' medians at their best lr, so both reach it;
-the figure is the median over seeds of the first step whose smoothed loss is at or below it.
+Two comparisons, as docs/optimizers.md recommends them: DCTAdam against Adam on the time-series
+model (whose guide's locations and scales are time series), AdagradRMSProp against Adam on the
+sparse ratings model (infrequent, very different gradients). For each optimizer, every learning rate
+of a small grid is run with several seeds; the best lr is the one with the lowest median final
+smoothed loss. The target is the worse of the two optimizers' medians at their best lr, so both
+reach it; the figure is the median over seeds of the first step whose smoothed loss is at or below
+it.
 
 Usage::
 

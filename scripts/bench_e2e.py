@@ -3,8 +3,8 @@
 
 For each built-in model both sides run the same model, guide, ELBO, data order and optimizer
 settings (the model's default single-group stack). pyrotrain runs through its Python API
-(``pyrotrain.build.build`` + ``pyrotrain.loop.Trainer.fit``); the reference is ``pyro.infer.SVI`` with the
-matching ``pyro.optim`` wrapper (one optimizer per parameter), as in Pyro's tutorials. Each
+(``pyrotrain.build.build`` + ``pyrotrain.loop.Trainer.fit``); the reference is ``pyro.infer.SVI``
+with the matching ``pyro.optim`` wrapper (one optimizer per parameter), as in Pyro's tutorials. Each
 measurement runs in a fresh process (so peak memory is that run's own), one thread, repeats
 interleaved pyrotrain/pyro; both sides import and warm up the same libraries before timing.
 

@@ -129,9 +129,9 @@ def pyro_worker(args: argparse.Namespace) -> None:
     from pyro.infer import SVI, Trace_ELBO
     from pyro.infer.autoguide import AutoNormal
     from pyro.optim import Adam, HorovodOptimizer
-    from pyrotrain.models.regression import Regression
 
     from pyrotrain.data import BatchOrder, make_regression
+    from pyrotrain.models.regression import Regression
 
     hvd.init()
     data = make_regression(size=args.size, eval_fraction=0.0, seed=SEED)

@@ -60,8 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no <!-- settings:NAME --> markers for: {', '.join(missing)}", file=sys.stderr)
         return 1
     if stale and args.check:
-        print(f"stale settings tables in: {', '.join(map(str, stale))}; run "
-              "python scripts/settings_tables.py", file=sys.stderr)
+        print(
+            f"stale settings tables in: {', '.join(map(str, stale))}; run "
+            "python scripts/settings_tables.py",
+            file=sys.stderr,
+        )
         return 1
     for path in stale:
         print(f"rewrote the settings tables in {path}")

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import pyrotrain
-from pyrotrain.errors import PyrotrainError
 from pyrotrain.build import build
+from pyrotrain.errors import PyrotrainError
 
 CONF = Path(pyrotrain.__file__).parent.parent / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and not p.name.startswith("_"))

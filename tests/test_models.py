@@ -15,9 +15,9 @@ import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 import pyrotrain
+from pyrotrain.build import build, torch_defaults
 from pyrotrain.csv_data import load_csv
 from pyrotrain.errors import PyrotrainError
-from pyrotrain.build import build, torch_defaults
 from pyrotrain.loop import Trainer
 
 DATA = Path(__file__).parent / "data"

@@ -62,9 +62,7 @@ class Backend(Protocol):
         """Overwrite every rank's ``params`` with rank 0's (after the first backward pass, when
         lazily created parameters exist)."""
 
-    def reduce(
-        self, params: Iterable[torch.Tensor], loss: float, stop: int
-    ) -> tuple[float, int]:
+    def reduce(self, params: Iterable[torch.Tensor], loss: float, stop: int) -> tuple[float, int]:
         """Make every rank's ``p.grad`` the mean over ranks, in place, in as few collectives as
         the engine allows; return the ranks' mean ``loss`` and the sum of their ``stop`` codes
         (nonzero: some rank was asked to stop), so all ranks act alike after this step."""
@@ -250,7 +248,8 @@ def _skip_multirun_yaml() -> None:
             return None
 
     if getattr(basic_sweeper, "OmegaConf", None) is OmegaConf:
-        basic_sweeper.OmegaConf = _NoSave()  # type: ignore[attr-defined]
+        # a stand-in, not the OmegaConf class the module's global is typed as
+        basic_sweeper.OmegaConf = _NoSave()  # type: ignore[misc, assignment]
 
 
 def failure_message(exc: BaseException, launch: Launch) -> str:

@@ -24,14 +24,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import math
 import os
 import time
 import warnings
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import pyro
 import torch
@@ -184,7 +183,7 @@ class _Layout:
 
 def _layout(params: Iterable[torch.Tensor]) -> _Layout:
     store = pyro.get_param_store()
-    named = sorted(((store.param_name(p), p) for p in params), key=lambda t: t[0])
+    named = sorted(((cast(str, store.param_name(p)), p) for p in params), key=lambda t: t[0])
     names = [n for n, _ in named]
     ps = [p for _, p in named]
     groups: dict[str, list[int]] = {}
@@ -276,15 +275,16 @@ class HorovodBackend:
         if key != self._layout_key:
             self._layout_key, self._layout = key, _layout(params)
         layout = self._layout
+        assert layout is not None  # set with _layout_key
         hvd = self.hvd
-        grads = [p.grad for p in layout.params]
+        raw_grads = [p.grad for p in layout.params]
         meta = torch.tensor(
-            [float(loss), layout.fingerprint, float(stop), *(g is not None for g in grads)],
+            [float(loss), layout.fingerprint, float(stop), *(g is not None for g in raw_grads)],
             dtype=torch.float64,
         )
         grads = [
             g if g is not None else torch.zeros_like(p)
-            for g, p in zip(grads, layout.params, strict=True)
+            for g, p in zip(raw_grads, layout.params, strict=True)
         ]
         with _collective(self.rank):
             if self._packed:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 from torch import Tensor
@@ -55,6 +55,9 @@ FALLBACK = -2
 # dispatch per foreach call. The crossover on a single CPU thread is between 1k and 4k
 # elements (see scripts/bench_optim.py).
 GATHER_MAX_NUMEL = 2048
+
+#: a tensor list as ``torch._foreach_*`` ops take it (their out-of-place forms return tuples)
+TensorList: TypeAlias = list[Tensor] | tuple[Tensor, ...]
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -359,7 +362,7 @@ class MultiTensorOptimizer(Optimizer):
         keyed: dict[tuple, list[int]] = {}
         for i, p in enumerate(params):
             st = self.state.get(p)
-            started = bool(st) and self._is_started(st)
+            started = bool(st and self._is_started(st))
             if not started and not (active is not None and active[i]):
                 continue
             key = self._bucket_key(p, None if attrs is None else attrs[i])
@@ -470,9 +473,9 @@ def addcdiv_params_(
     b: _Bucket,
     sel: list[int] | None,
     params: list[Tensor],
-    numerators: list[Tensor],
+    numerators: TensorList,
     numerator_flat: Tensor | None,
-    denominators: list[Tensor],
+    denominators: TensorList,
     values: float | list[float],
 ) -> None:
     """``p.addcdiv_(numerator, denominator, value=value)`` for each param.
@@ -514,7 +517,7 @@ def adam_moments(
     centered_variance: bool = False,
     transform: Callable[[list[Tensor]], list[Tensor]] | None = None,
     flat_grad: Tensor | None = None,
-) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+) -> tuple[list[Tensor], list[Tensor], TensorList]:
     """Pyro's Adam moment updates for a bucket (all params or the ``sel`` subset).
 
     Does, per param and in this order, exactly::
@@ -538,11 +541,13 @@ def adam_moments(
         params = b.params
         m_views, v_views = b.views["exp_avg"], b.views["exp_avg_sq"]
     else:
+        assert sel is not None
         params = [b.params[j] for j in sel]
         m_views = [b.views["exp_avg"][j] for j in sel]
         v_views = [b.views["exp_avg_sq"][j] for j in sel]
     M, V = b.flat["exp_avg"], b.flat["exp_avg_sq"]
 
+    g_list: TensorList
     if full and flat_grad is not None:
         g_list, m_list, v_list = [flat_grad], [M], [V]
     elif full and b.gather and transform is None:
@@ -570,7 +575,7 @@ def adam_moments(
         torch._foreach_mul_(m_views, beta1)
     torch._foreach_add_(m_list, g_list, alpha=1 - beta1)
     if centered_variance:
-        gv_list = torch._foreach_sub(g_list, m_list)
+        gv_list: TensorList = torch._foreach_sub(g_list, m_list)
     else:
         gv_list = g_list
     if full:
@@ -582,7 +587,7 @@ def adam_moments(
     if full:
         torch.sqrt(V, out=b.d)
         b.d.add_(eps)
-        d_views = b.dviews
+        d_views: TensorList = b.dviews
     else:
         d_views = torch._foreach_sqrt(v_views)
         torch._foreach_add_(d_views, eps)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._foreach import MultiTensorOptimizer, _Bucket, addcdiv_params_, per_step_values
+from ._foreach import MultiTensorOptimizer, TensorList, _Bucket, addcdiv_params_, per_step_values
 
 
 class AdagradRMSProp(MultiTensorOptimizer):
@@ -86,6 +86,7 @@ class AdagradRMSProp(MultiTensorOptimizer):
         t = group["t"]
         eta, delta = group["eta"], group["delta"]
         steps = b.advance_steps(sel)
+        d_views: TensorList
         if sel is None and isinstance(steps, int):
             # all params of the bucket, all at the same step
             S = b.flat["sum"]
@@ -104,10 +105,10 @@ class AdagradRMSProp(MultiTensorOptimizer):
                     torch._foreach_copy_(s_views, torch._foreach_mul(grads, grads))
                 else:
                     S.mul_(1.0 - t)
-                    tmp = torch._foreach_mul(grads, t)
-                    torch._foreach_mul_(tmp, grads)
-                    torch._foreach_add_(s_views, tmp)
-                    del tmp
+                    tmps = torch._foreach_mul(grads, t)
+                    torch._foreach_mul_(tmps, grads)
+                    torch._foreach_add_(s_views, tmps)
+                    del tmps
             torch.sqrt(S, out=b.d)  # std = state["sum"].sqrt()
             b.d.add_(1.0)  # 1.0 + std
             params, d_views = b.params, b.dviews
@@ -132,10 +133,10 @@ class AdagradRMSProp(MultiTensorOptimizer):
                 g_later = [grads[k] for k in later]
                 s_later = [s_views[k] for k in later]
                 torch._foreach_mul_(s_later, 1.0 - t)
-                tmp = torch._foreach_mul(g_later, t)
-                torch._foreach_mul_(tmp, g_later)
-                torch._foreach_add_(s_later, tmp)
-                del tmp
+                tmps = torch._foreach_mul(g_later, t)
+                torch._foreach_mul_(tmps, g_later)
+                torch._foreach_add_(s_later, tmps)
+                del tmps
             d_views = torch._foreach_sqrt(s_views)
             torch._foreach_add_(d_views, 1.0)
             params = [b.params[j] for j in sel]
@@ -146,6 +147,7 @@ class AdagradRMSProp(MultiTensorOptimizer):
 
     def _step_fallback(self, group: dict, p: Tensor) -> None:
         # Pyro's per-parameter loop body, for state this class did not lay out.
+        assert p.grad is not None  # only params with a gradient are stepped
         grad = p.grad.data
         if grad.is_sparse:
             raise NotImplementedError

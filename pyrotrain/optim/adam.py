@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
-from ._foreach import MultiTensorOptimizer, _Bucket, addcdiv_params_, per_step_values
+from ._foreach import MultiTensorOptimizer, TensorList, _Bucket, addcdiv_params_, per_step_values
 
 
 class Adam(MultiTensorOptimizer):
@@ -115,7 +115,7 @@ class Adam(MultiTensorOptimizer):
         amsgrad = b.info == ("amsgrad",)
         steps = b.advance_steps(sel)
         full = sel is None
-        params = b.params if full else [b.params[j] for j in sel]
+        params = b.params if sel is None else [b.params[j] for j in sel]
         if weight_decay != 0 and group["decoupled_weight_decay"]:
             torch._foreach_mul_(params, 1 - lr * weight_decay)
         keys = self._state_keys(b.info)
@@ -134,9 +134,9 @@ class Adam(MultiTensorOptimizer):
             if amsgrad:
                 V = torch.maximum(b.flat["max_exp_avg_sq"], V, out=b.flat["max_exp_avg_sq"])
             torch.sqrt(V, out=b.d)
-            denoms = b.dviews
+            denoms: TensorList = b.dviews
         else:
-            views = {k: b.views[k] if full else [b.views[k][j] for j in sel] for k in keys}
+            views = {k: b.views[k] if sel is None else [b.views[k][j] for j in sel] for k in keys}
             g_list = torch._foreach_neg(grads) if group["maximize"] else grads
             if weight_decay != 0 and not group["decoupled_weight_decay"]:
                 g_list = torch._foreach_add(g_list, params, alpha=weight_decay)
@@ -151,17 +151,18 @@ class Adam(MultiTensorOptimizer):
         # denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
         sqrt_bc2 = per_step_values(steps, lambda t: (1 - beta2**t) ** 0.5)
         if flat:
-            b.d.div_(sqrt_bc2).add_(eps)
+            b.d.div_(cast(float, sqrt_bc2)).add_(eps)  # one common step: a float
         else:
             torch._foreach_div_(denoms, sqrt_bc2)
             torch._foreach_add_(denoms, eps)
         # param.addcdiv_(exp_avg, denom, value=-step_size), step_size = lr / bias_correction1
         values = per_step_values(steps, lambda t: -(lr / (1 - beta1**t)))
-        m_views = b.views["exp_avg"] if full else [b.views["exp_avg"][j] for j in sel]
+        m_views = b.views["exp_avg"] if sel is None else [b.views["exp_avg"][j] for j in sel]
         addcdiv_params_(b, sel, params, m_views, b.flat["exp_avg"], denoms, values)
 
     def _step_fallback(self, group: dict, p: Tensor) -> None:
         # torch's per-tensor loop body (foreach=False), for state this class did not lay out
+        assert p.grad is not None  # only params with a gradient are stepped
         grad = -p.grad if group["maximize"] else p.grad
         state = self.state[p]
         if not state:

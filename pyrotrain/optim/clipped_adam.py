@@ -115,6 +115,7 @@ class ClippedAdam(MultiTensorOptimizer):
 
     def _step_fallback(self, group: dict, p: Tensor) -> None:
         # Pyro's per-parameter loop body, for state this class did not lay out.
+        assert p.grad is not None  # only params with a gradient are stepped
         grad = p.grad.data
         grad.clamp_(-group["clip_norm"], group["clip_norm"])
         state = self.state[p]

@@ -15,6 +15,7 @@ from torch.nn.functional import pad
 
 from ._foreach import (
     MultiTensorOptimizer,
+    TensorList,
     _Bucket,
     adam_moments,
     adam_step_size,
@@ -68,7 +69,7 @@ def idct(x: Tensor, dim: int = -1) -> Tensor:
     X = torch.stack([x[..., :M], xi], dim=-1)
     Y = coef * as_complex(X)
     y = irfft(Y, n=N)
-    return torch.stack([y, y.flip(-1)], axis=-1).reshape(x.shape[:-1] + (-1,))[..., :N]
+    return torch.stack([y, y.flip(-1)], dim=-1).reshape(x.shape[:-1] + (-1,))[..., :N]
 
 
 # --------------------------------------------------------------------------- Pyro's helpers
@@ -339,7 +340,7 @@ class DCTAdam(MultiTensorOptimizer):
         params, m_views, d_views = adam_moments(
             b, grads, sel, group, clip_norm=clip_norm, transform=transform
         )
-        updates = torch._foreach_div(m_views, d_views)  # exp_avg / denom
+        updates: TensorList = torch._foreach_div(m_views, d_views)  # exp_avg / denom
         updates = [_transform_inverse(u, dim, duration) for u in updates]
         torch._foreach_mul_(updates, values)  # step.mul_(-step_size)
         torch._foreach_add_(params, updates)  # p.data.add_(step)
@@ -368,7 +369,7 @@ class DCTAdam(MultiTensorOptimizer):
     # Parameters the buckets don't cover (subsample-aware ones, state laid out otherwise) take
     # Pyro's own per-parameter methods, which only use ``self.state`` and the group.
     def _step_fallback(self, group: dict, p: Tensor) -> None:
-        PyroDCTAdam._step_param(self, group, p)
+        PyroDCTAdam._step_param(self, group, p)  # type: ignore[arg-type]
 
     def _step_special(self, group: dict, p: Tensor) -> None:
-        PyroDCTAdam._step_param_subsample(self, group, p, getattr(p, "_pyro_subsample", {}))
+        PyroDCTAdam._step_param_subsample(self, group, p, getattr(p, "_pyro_subsample", {}))  # type: ignore[arg-type]

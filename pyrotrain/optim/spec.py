@@ -81,7 +81,10 @@ class SchedulerSpec:
         interval = args.pop("interval", "step")
         if interval not in INTERVALS:
             raise PyrotrainError(
-                "unknown scheduler interval", key=f"{key}.interval", value=interval, choices=INTERVALS
+                "unknown scheduler interval",
+                key=f"{key}.interval",
+                value=interval,
+                choices=INTERVALS,
             )
         if named.name == "warmup":
             _check_warmup(args, key)
@@ -312,7 +315,9 @@ def group_specs(
     marks = [
         DCTMark(plate=m.plate)
         if m.plate is not None
-        else DCTMark(patterns=[Pattern(p, f"optim.dct.{i}.params") for p in m.params or []], dim=m.dim)
+        else DCTMark(
+            patterns=[Pattern(p, f"optim.dct.{i}.params") for p in m.params or []], dim=m.dim
+        )
         for i, m in enumerate(optim.dct or [])
     ]
     return specs, marks

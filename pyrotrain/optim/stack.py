@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pyro
 import torch
@@ -54,7 +54,6 @@ class Group:
                 sched.base_lrs = [lr * factor for lr in sched.base_lrs]
             if sched is not None and hasattr(sched, "_last_lr"):
                 sched._last_lr = [lr * factor for lr in sched._last_lr]
-
 
 
 class OptimizerStack(PyroOptim):
@@ -101,7 +100,7 @@ class OptimizerStack(PyroOptim):
         if not new:
             return
         store = pyro.get_param_store()
-        named = sorted(((store.param_name(p), p) for p in new), key=lambda t: t[0])
+        named = sorted(((cast(str, store.param_name(p)), p) for p in new), key=lambda t: t[0])
         touched: list[Group] = []
         for name, p in named:
             group = self._match(name)
@@ -134,7 +133,7 @@ class OptimizerStack(PyroOptim):
                         key="optim.dct",
                         value=mark.dim,
                     )
-                p._pyro_dct_dim = mark.dim
+                p._pyro_dct_dim = mark.dim  # type: ignore[attr-defined]  # read by DCTAdam
                 return
 
     def _grow_optimizer(self, group: Group) -> None:
@@ -201,7 +200,8 @@ class OptimizerStack(PyroOptim):
 
     def _step_schedulers(self, interval: str, loss: float | None) -> None:
         for group in self.groups:
-            if group.scheduler is not None and group.spec.scheduler.interval == interval:
+            spec = group.spec.scheduler
+            if group.scheduler is not None and spec is not None and spec.interval == interval:
                 step_scheduler(group.scheduler, loss)
 
     # -- reporting ------------------------------------------------------------------------------
@@ -245,7 +245,8 @@ class OptimizerStack(PyroOptim):
         ]
 
     def scale_lr(self, names: Iterable[str], factor: float) -> None:
-        """Multiply the step size of the named groups by ``factor`` (see :meth:`Group.scale_rate`)."""
+        """Multiply the step size of the named groups by ``factor`` (see
+        :meth:`Group.scale_rate`)."""
         wanted = set(names)
         for group in self.groups:
             if group.spec.name in wanted:
