@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pyro
 import pytest
 import torch
-
-
-def _rows(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+from helpers import BIN, metrics_rows, run_summary, saved_params
 
 
 def test_run_writes_outputs_and_loss_falls(cli, tmp_path):
@@ -23,13 +18,13 @@ def test_run_writes_outputs_and_loss_falls(cli, tmp_path):
     for name in ("metrics.jsonl", "params.pt", "summary.json", ".hydra/config.yaml"):
         assert (run_dir / name).exists(), name
 
-    rows = _rows(run_dir)
+    rows = metrics_rows(run_dir)
     assert [row["step"] for row in rows] == list(range(10, 101, 10))
     for key in ("loss", "lr/all", "grad_norm/all", "time", "samples_per_s", "smoothed_loss"):
         assert key in rows[0], key
     assert rows[-1]["loss"] < 0.85 * rows[0]["loss"]
 
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = run_summary(run_dir)
     assert summary["steps"] == 100 and summary["world_size"] == 1
     assert summary["final_loss"] == pytest.approx(summary["final_loss"])  # finite
     assert set(summary["versions"]) >= {"pyrotrain", "pyro", "torch"}
@@ -41,17 +36,17 @@ def test_run_writes_outputs_and_loss_falls(cli, tmp_path):
 
 
 def test_same_seed_gives_bitwise_identical_params(cli, tmp_path):
-    outs = []
+    runs = []
     for name in ("a", "b"):
         r = cli("trainer.steps=30", "seed=3", f"hydra.run.dir={tmp_path / name}")
         assert r.returncode == 0, r.stderr
-        outs.append(tmp_path / name / "params.pt")
-    a, b = (torch.load(p, weights_only=False)["params"] for p in outs)
+        runs.append(tmp_path / name)
+    a, b = (saved_params(run) for run in runs)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert outs[0].read_bytes() == outs[1].read_bytes()
+    assert (runs[0] / "params.pt").read_bytes() == (runs[1] / "params.pt").read_bytes()
     r = cli("trainer.steps=30", "seed=4", f"hydra.run.dir={tmp_path / 'c'}")
-    c = torch.load(tmp_path / "c" / "params.pt", weights_only=False)["params"]
+    c = saved_params(tmp_path / "c")
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
@@ -143,10 +138,10 @@ def test_multi_stack_logs_each_groups_lr_and_grad_norm(cli, tmp_path):
         f"hydra.run.dir={run_dir}",
     )
     assert r.returncode == 0, r.stderr
-    row = _rows(run_dir)[-1]
+    row = metrics_rows(run_dir)[-1]
     assert row["lr/locs"] == 0.01 and row["lr/scales"] == 0.001 and row["lr/weights"] == 0.001
     assert {"grad_norm/locs", "grad_norm/scales", "grad_norm/weights"} <= set(row)
-    groups = json.loads((run_dir / "summary.json").read_text())["groups"]
+    groups = run_summary(run_dir)["groups"]
     assert groups["weights"]["params"] == 4 and groups["locs"]["optimizer"] == "adam"
     assert groups["scales"]["optimizer"] == "sgd"
 
@@ -155,17 +150,15 @@ def test_scheduler_from_cli_changes_lr(cli, tmp_path):
     run_dir = tmp_path / "run"
     r = cli("scheduler=cosine", "trainer.steps=40", f"hydra.run.dir={run_dir}")
     assert r.returncode == 0, r.stderr
-    lrs = [row["lr/all"] for row in _rows(run_dir)]
+    lrs = [row["lr/all"] for row in metrics_rows(run_dir)]
     assert lrs[0] < 0.01 and lrs[-1] == pytest.approx(0.0, abs=1e-9)
     assert lrs == sorted(lrs, reverse=True)
 
 
 def test_list_command_shows_registries():
     import subprocess
-    import sys
-    from pathlib import Path
 
-    exe = Path(sys.executable).with_name("pyrotrain-list")
+    exe = BIN / "pyrotrain-list"
     r = subprocess.run([str(exe)], capture_output=True, text=True, env={"COLUMNS": "200"})
     assert r.returncode == 0, r.stderr
     for name in (
@@ -211,7 +204,7 @@ def test_users_own_model_file_and_csv_through_the_cli(cli, tmp_path):
         "model=custom", "model.target=my_models:Line", *common, "hydra.run.dir=run", cwd=tmp_path
     )
     assert r.returncode == 0, r.stderr
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 40
+    assert run_summary(tmp_path / "run")["steps"] == 40
     # A model that fails on its first batch: its own message, exit 2, no traceback.
     r = cli(
         "model=custom", "model.target=my_models:broken", *common, "hydra.run.dir=run2", cwd=tmp_path

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pyro
 import pytest
 import torch
+from helpers import SMALL_CSV, metrics_rows, run_summary
 
 import pyrotrain
 from pyrotrain.build import build
@@ -19,10 +19,7 @@ OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml")
 # Options that need more than their own file to run.
 EXTRA = {
     ("model", "custom"): ["model.target=toy_models:NetRegression", "+model.hidden=4"],
-    ("data", "csv"): [
-        f"data.path={Path(__file__).parent / 'data' / 'small_regression.csv'}",
-        "data.target=y",
-    ],
+    ("data", "csv"): [f"data.path={SMALL_CSV}", "data.target=y"],
     ("guide", "model"): ["model=custom", "model.target=toy_models:NetRegression"],
 }
 
@@ -61,8 +58,8 @@ def test_python_api_trains_writes_and_returns_summary(tmp_path):
     cfg = pyrotrain.compose(["trainer.steps=20", "trainer.progress=none"])
     summary = pyrotrain.train(cfg, run_dir=tmp_path)
     assert summary["steps"] == 20
-    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 20
-    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    assert run_summary(tmp_path)["steps"] == 20
+    assert len(metrics_rows(tmp_path)) == 2
     # The trained parameters stay in Pyro's param store for the caller.
     assert "AutoNormal.locs.weight" in pyro.get_param_store().keys()
 

@@ -9,23 +9,29 @@ writing under the test's directory, so "rank 1 writes nothing" is checked, not a
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-import pyro
 import pytest
 import torch
+from helpers import (
+    BIN,
+    PYROTRAIN,
+    TESTS,
+    cli_env,
+    metrics_rows,
+    run_summary,
+    same,
+    saved_params,
+    unconstrained_params,
+)
 
-TESTS = Path(__file__).parent
-BIN = Path(sys.executable).parent
 HOROVODRUN = BIN / "horovodrun"
-PYROTRAIN = BIN / "pyrotrain"
 
 pytestmark = [
     pytest.mark.horovod,
@@ -78,25 +84,11 @@ class Result:
         self.returncode, self.output, self.wall, self.writes = rc, out, wall, writes
 
 
-def hvdrun(tmp: Path, *args: str, cwd: Path, np: int = 2, timeout: float = 120) -> Result:
-    """``horovodrun -np 2 -H localhost:2 pyrotrain ARGS`` in ``cwd``; a hang fails the test."""
-    hook = tmp / "hook"
-    hook.mkdir(exist_ok=True)
-    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    writes = tmp / "writes"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(hook), str(TESTS), str(cwd)]),
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "OMP_NUM_THREADS": "1",
-        "PYROTRAIN_TEST_WATCH": str(cwd),
-        "PYROTRAIN_TEST_WRITES": str(writes),
-    }
-    env.pop("HYDRA_FULL_ERROR", None)
-    cmd = [str(HOROVODRUN), "-np", str(np), "-H", f"localhost:{np}", str(PYROTRAIN), *args]
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd,
+def launch(args: list[str], cwd: Path, env: dict[str, str], np: int = 2) -> subprocess.Popen:
+    """``horovodrun -np NP -H localhost:NP pyrotrain ARGS``, output merged, in a session of its
+    own so that a test can signal or kill the whole job."""
+    return subprocess.Popen(
+        [str(HOROVODRUN), "-np", str(np), "-H", f"localhost:{np}", str(PYROTRAIN), *args],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
@@ -104,6 +96,28 @@ def hvdrun(tmp: Path, *args: str, cwd: Path, np: int = 2, timeout: float = 120) 
         text=True,
         start_new_session=True,
     )
+
+
+def launch_env(
+    env: dict[str, str] | None = None, pythonpath: Sequence[Path] = (TESTS,)
+) -> dict[str, str]:
+    """``cli_env`` for a job's ranks: this interpreter's bin first on PATH, one OpenMP thread."""
+    path = f"{BIN}{os.pathsep}{os.environ['PATH']}"
+    return cli_env({"PATH": path, "OMP_NUM_THREADS": "1", **(env or {})}, pythonpath)
+
+
+def hvdrun(tmp: Path, *args: str, cwd: Path, np: int = 2, timeout: float = 120) -> Result:
+    """``horovodrun -np 2 -H localhost:2 pyrotrain ARGS`` in ``cwd``; a hang fails the test."""
+    hook = tmp / "hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    writes = tmp / "writes"
+    env = launch_env(
+        {"PYROTRAIN_TEST_WATCH": str(cwd), "PYROTRAIN_TEST_WRITES": str(writes)},
+        pythonpath=[hook, TESTS, cwd],
+    )
+    start = time.perf_counter()
+    proc = launch(list(args), cwd, env, np)
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -125,17 +139,12 @@ def hvdrun(tmp: Path, *args: str, cwd: Path, np: int = 2, timeout: float = 120) 
     return Result(proc.returncode, out, wall, recorded)
 
 
-def _params(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, weights_only=False)["params"]
-
-
 def _train_one_process(overrides: list[str]) -> dict[str, torch.Tensor]:
     import pyrotrain
 
     summary = pyrotrain.train(pyrotrain.compose(overrides))
     assert summary["world_size"] == 1
-    store = pyro.get_param_store()
-    return {k: store.get_state()["params"][k].detach().clone() for k in store.keys()}
+    return unconstrained_params()
 
 
 def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -174,13 +183,13 @@ def test_two_ranks_train_like_one_process_with_twice_the_batch(tmp_path):
     assert "[1]<stdout>" not in r.output  # nor printed anything
     assert "final loss" in r.output and "run dir: " in r.output
 
-    summary = json.loads((run / "summary.json").read_text())
+    summary = run_summary(run)
     assert summary["world_size"] == 2 and summary["params_in_sync"] is True
     assert summary["samples_per_s"] == pytest.approx(2 * summary["samples_per_s_per_rank"])
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics_rows(run)
     assert [row["step"] for row in rows] == [10, 20, 30]
 
-    distributed = _params(run / "params.pt")
+    distributed = saved_params(run)
     big_batch = _train_one_process([*args, "trainer.batch_size=100"])
     small_batch = _train_one_process([*args, "trainer.batch_size=50"])
     assert _max_diff(distributed, big_batch) < 1e-9
@@ -235,17 +244,17 @@ def test_multi_group_stack_with_dct_adam_matches_one_process(tmp_path):
     )
     assert r.returncode == 0, r.output
     assert r.writes == {1: []}, r.writes
-    summary = json.loads((cwd / "run" / "summary.json").read_text())
+    summary = run_summary(cwd / "run")
     assert summary["world_size"] == 2 and summary["params_in_sync"] is True
     assert summary["groups"]["locs"]["optimizer"] == "dct_adam"
-    rows = [json.loads(line) for line in (cwd / "run" / "metrics.jsonl").open()]
+    rows = metrics_rows(cwd / "run")
     assert rows[0]["lr/scales"] == pytest.approx(2 * lrs["eta"])  # lr_scaling=linear
     assert rows[-1]["lr/locs"] < 2 * lrs["dct"] / 3  # the plateau scheduler acted
     # each step: 2 ranks x 2 minibatches x 25 rows
     assert rows[-1]["samples_per_s"] == pytest.approx(100 * rows[-1]["steps_per_s"])
 
     reference = _train_one_process([*stack, *optimizers(2), "trainer.batch_size=100"])
-    assert _max_diff(_params(cwd / "run" / "params.pt"), reference) < 1e-9
+    assert _max_diff(saved_params(cwd / "run"), reference) < 1e-9
 
 
 def test_multirun_sweep_runs_every_job_on_every_rank(tmp_path):
@@ -266,7 +275,7 @@ def test_multirun_sweep_runs_every_job_on_every_rank(tmp_path):
     jobs = sorted(p for p in sweeps[0].iterdir() if p.is_dir())
     assert [j.name for j in jobs] == ["0", "1"]
     for job, lr in zip(jobs, (1e-3, 1e-2), strict=True):
-        summary = json.loads((job / "summary.json").read_text())
+        summary = run_summary(job)
         assert summary["world_size"] == 2 and summary["params_in_sync"] is True
         assert summary["lr"]["all"] == pytest.approx(lr)
         assert (job / ".hydra" / "config.yaml").exists()
@@ -333,7 +342,7 @@ RESUME = [*COMMON, "trainer.batch_size=50", "trainer.checkpoint_every=5", "train
 def _assert_same_final_state(a: Path, b: Path, step: int) -> None:
     from pyrotrain.checkpoint import load_checkpoint
 
-    pa, pb = _params(a / "params.pt"), _params(b / "params.pt")
+    pa, pb = saved_params(a), saved_params(b)
     assert pa.keys() == pb.keys()
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
     ca = load_checkpoint(a / "checkpoints" / f"step-{step:08d}.pt")
@@ -345,11 +354,7 @@ def _assert_same_final_state(a: Path, b: Path, step: int) -> None:
         sa, sb = ca["optim"][group]["optimizer"]["state"], cb["optim"][group]["optimizer"]["state"]
         assert sa.keys() == sb.keys()
         for i in sa:
-            assert all(_same(sa[i][k], sb[i][k]) for k in sa[i])
-
-
-def _same(a, b) -> bool:  # optimizer state: tensors, or an int step count
-    return torch.equal(a, b) if isinstance(a, torch.Tensor) else type(a) is type(b) and a == b
+            assert all(same(sa[i][k], sb[i][k]) for k in sa[i])
 
 
 def test_two_ranks_ten_steps_then_resume_equal_twenty_straight(tmp_path):
@@ -369,7 +374,7 @@ def test_two_ranks_ten_steps_then_resume_equal_twenty_straight(tmp_path):
     )
     assert r.returncode == 0, r.output
     assert r.writes == {1: []}, r.writes
-    summary = json.loads((job / "resumed" / "summary.json").read_text())
+    summary = run_summary(job / "resumed")
     assert summary["resumed_from_step"] == 10 and summary["params_in_sync"] is True
     _assert_same_final_state(job / "straight", job / "resumed", 20)
 
@@ -379,23 +384,7 @@ def test_ctrl_c_to_horovodrun_stops_every_rank_after_the_same_step(tmp_path):
     allreduce) on the step to stop after, rank 0 checkpoints, and the resumed job ends where an
     uninterrupted one does."""
     args = [*RESUME, "trainer.steps=500", "trainer.log_every=1", "trainer.progress=plain"]
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(TESTS),
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "OMP_NUM_THREADS": "1",
-    }
-    env.pop("HYDRA_FULL_ERROR", None)
-    cmd = [str(HOROVODRUN), "-np", "2", "-H", "localhost:2", str(PYROTRAIN), *args]
-    proc = subprocess.Popen(
-        [*cmd, "hydra.run.dir=run"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = launch([*args, "hydra.run.dir=run"], tmp_path, launch_env())
     lines = []
     for line in proc.stdout:
         lines.append(line)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pyro
 import pytest
 import torch
+from helpers import SMALL_CSV
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 import pyrotrain
@@ -20,8 +21,6 @@ from pyrotrain.csv_data import load_csv
 from pyrotrain.errors import PyrotrainError
 from pyrotrain.loop import Trainer
 
-DATA = Path(__file__).parent / "data"
-SMALL_CSV = DATA / "small_regression.csv"
 QUIET = ["trainer.progress=none", "trainer.eval_num_samples=10"]
 # Small data so that each model trains in about a second.
 SMALL = {

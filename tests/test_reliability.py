@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pyro
 import pytest
 import torch
-from conftest import PYROTRAIN, TESTS
+from helpers import PYROTRAIN, cli_env, metrics_rows, same, saved_params
 from omegaconf import open_dict
 
 from pyrotrain.api import compose
@@ -24,32 +21,15 @@ from pyrotrain.loop import train
 QUICK = ["trainer.progress=none", "trainer.log_every=5"]
 
 
-def _params(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "params.pt", weights_only=False)["params"]
-
-
-def _same(x, y) -> bool:
-    """Bitwise equality of nested state (tensors, dicts, lists, numbers)."""
-    if isinstance(x, dict):
-        return x.keys() == y.keys() and all(_same(x[k], y[k]) for k in x)
-    if isinstance(x, (list, tuple)):
-        return len(x) == len(y) and all(_same(a, b) for a, b in zip(x, y, strict=True))
-    if torch.is_tensor(x):
-        return torch.equal(x, y)
-    if isinstance(x, np.ndarray):
-        return np.array_equal(x, y)
-    return x == y
-
-
 def _assert_same_run(a: Path, b: Path, step: int) -> None:
-    pa, pb = _params(a), _params(b)
+    pa, pb = saved_params(a), saved_params(b)
     assert pa.keys() == pb.keys()
     for name in pa:
         assert torch.equal(pa[name], pb[name]), name
     ca = load_checkpoint(a / "checkpoints" / f"step-{step:08d}.pt")
     cb = load_checkpoint(b / "checkpoints" / f"step-{step:08d}.pt")
-    assert _same(ca["optim"], cb["optim"])
-    assert _same(ca["rng"], cb["rng"])
+    assert same(ca["optim"], cb["optim"])
+    assert same(ca["rng"], cb["rng"])
     assert ca["loop"] == cb["loop"]
 
 
@@ -74,7 +54,7 @@ def test_ten_steps_then_resume_equals_twenty_straight(tmp_path, overrides):
     assert summary["resumed_from_step"] == 10
     _assert_same_run(tmp_path / "straight", tmp_path / "second", 20)
     # the metrics of the resumed run start after the checkpoint
-    steps = [json.loads(x)["step"] for x in (tmp_path / "second" / "metrics.jsonl").open()]
+    steps = [row["step"] for row in metrics_rows(tmp_path / "second")]
     assert steps == [15, 20]
 
 
@@ -111,7 +91,7 @@ def test_resume_auto_in_the_same_run_dir_and_fallback_past_a_corrupt_file(tmp_pa
     assert second["resumed_from_step"] == 10
     _assert_same_run(tmp_path / "straight", tmp_path / "run", 20)
     # metrics.jsonl keeps the first run's rows up to the checkpoint, then the resumed run's
-    steps = [json.loads(x)["step"] for x in (tmp_path / "run" / "metrics.jsonl").open()]
+    steps = [row["step"] for row in metrics_rows(tmp_path / "run")]
     assert steps == [5, 10, 15, 20]
 
 
@@ -219,12 +199,10 @@ def test_nan_policy_reduce_lr_lowers_the_lr_of_the_group_at_fault():
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.Popen(
         [str(PYROTRAIN), *args],
         cwd=cwd,
-        env=env,
+        env=cli_env({"OMP_NUM_THREADS": "1"}),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -257,7 +235,7 @@ def test_a_signal_mid_training_checkpoints_and_resume_matches_an_uninterrupted_r
     r = cli(*SIGNAL_RUN, f"hydra.run.dir={tmp_path / 'straight'}")
     assert r.returncode == 0, r.stderr
     _assert_same_run(tmp_path / "straight", tmp_path / "run", 1500)
-    steps = [json.loads(x)["step"] for x in (tmp_path / "run" / "metrics.jsonl").open()]
+    steps = [row["step"] for row in metrics_rows(tmp_path / "run")]
     assert steps == list(range(1, 1501))
 
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import pyro
 import pyro.optim
 import pytest
 import torch
-from pyro.contrib.forecast.util import MarkDCTParamMessenger
+from helpers import assert_close, default_dtype, run_svi, unconstrained_params
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 from toy_models import LateParam, NetRegression, local_latent_model, make_series, series_model
@@ -19,16 +17,8 @@ from pyrotrain.optim import Adam, OptimizerStack
 from pyrotrain.registry import FOREACH_BY_DEFAULT, OPTIMIZERS
 
 STEPS = 50
-
-
-@contextlib.contextmanager
-def default_dtype(dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
+# how far the stack's params may be from pyro.optim's, entry by entry (relative and absolute)
+TOL = {torch.float32: 1e-6, torch.float64: 1e-10}
 
 
 def one_group(name, **args):
@@ -48,29 +38,6 @@ def series_batches(dtype, steps=STEPS):
     y = make_series(37, dtype=dtype)  # 37 needs padding to next_fast_len(37) = 40
     for _ in range(steps):
         yield {"y": y}
-
-
-def run_svi(model, batches, optim, mark_plate=None, after_step=None):
-    """Fit an AutoNormal guide with pyro.infer.SVI; return the unconstrained params."""
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    guide = AutoNormal(model)
-    if mark_plate:
-        guide = MarkDCTParamMessenger(mark_plate)(guide)
-    svi = SVI(model, guide, optim, Trace_ELBO())
-    for batch in batches:
-        svi.step(**batch)
-        if after_step is not None:
-            after_step()
-    store = pyro.get_param_store()
-    return {k: store.get_param(k).unconstrained().detach().clone() for k in store.keys()}
-
-
-def assert_close(ours, theirs, dtype):
-    rtol = 1e-6 if dtype == torch.float32 else 1e-10
-    assert ours.keys() == theirs.keys()
-    for k in ours:
-        torch.testing.assert_close(ours[k], theirs[k], rtol=rtol, atol=rtol, msg=k)
 
 
 EQUIVALENCE = {
@@ -147,7 +114,7 @@ def test_stack_matches_pyro_optim(case, dtype):
             stack,
             mark_plate=next((m.plate for m in stack.dct_marks if m.plate), None),
         )
-    assert_close(ours, theirs, dtype)
+    assert_close(ours, theirs, TOL[dtype], atol=TOL[dtype])
     assert len(stack.groups[0].optimizer.param_groups[0]["params"]) == len(ours)
 
 
@@ -204,7 +171,7 @@ def test_exponential_schedule_matches_pyro_exponential_lr():
     )
     assert ours_lr == pytest.approx(theirs_lr, rel=1e-12)
     assert ours_lr[-1] == pytest.approx(0.1 * 0.9**20)
-    assert_close(ours, theirs, torch.float32)
+    assert_close(ours, theirs, TOL[torch.float32], atol=TOL[torch.float32])
 
 
 def _stack_with_one_param(scheduler, lr=0.1, total_steps=None):
@@ -359,8 +326,7 @@ def test_state_dict_round_trip_continues_exactly():
     for batch in batches[10:]:
         svi.step(**batch)
         tail.step()
-    store = pyro.get_param_store()
-    resumed = {k: store.get_param(k).unconstrained().detach() for k in store.keys()}
+    resumed = unconstrained_params()
     assert resumed.keys() == straight.keys()
     for k in straight:
         assert torch.equal(resumed[k], straight[k]), k

@@ -5,11 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import BIN
 
 from pyrotrain.plots import plot_run, plot_sweep
 
@@ -136,7 +136,7 @@ def test_plot_command_on_run_and_sweep(tmp_path):
     written = plot_run(run)
     assert [p.name for p in written] == ["loss.png", "lr.png", "grad_norm.png"]
     assert plot_sweep(tmp_path / "sweep").name == "comparison.png"
-    exe = Path(sys.executable).with_name("pyrotrain-plot")
+    exe = BIN / "pyrotrain-plot"
     r = subprocess.run([str(exe), str(tmp_path / "sweep"), "--log"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "comparison.png" in r.stdout

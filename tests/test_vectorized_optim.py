@@ -16,9 +16,7 @@ import pyro.distributions as dist
 import pyro.optim
 import pytest
 import torch
-from pyro.contrib.forecast.util import MarkDCTParamMessenger
-from pyro.infer import SVI, Trace_ELBO
-from pyro.infer.autoguide import AutoNormal
+from helpers import assert_close, default_dtype, run_svi
 from pyro.ops.tensor_utils import next_fast_len
 from pyro.optim.adagrad_rmsprop import AdagradRMSProp as PyroAdagradRMSProp
 from pyro.optim.clipped_adam import ClippedAdam as PyroClippedAdam
@@ -138,14 +136,6 @@ class GradientSequence:
                     continue
                 grad = 0.7 * (p.detach() - self.targets[i]) + noise
                 p.grad = grad.masked_fill(zeros, 0.0)
-
-
-def assert_close(actual, expected, rtol, what=""):
-    assert actual.shape == expected.shape, what
-    assert actual.dtype == expected.dtype, what
-    scale = max(expected.abs().max().item() if expected.numel() else 0.0, 1e-30)
-    err = (actual - expected).abs().max().item() if expected.numel() else 0.0
-    assert err <= rtol * scale, f"{what}: max abs err {err:.3g} > {rtol:g} * {scale:.3g}"
 
 
 def assert_states_close(ours, theirs, params_ours, params_theirs, rtol):
@@ -564,20 +554,14 @@ class OneOptimizer(pyro.optim.PyroOptim):
         self.optimizer.step()
 
 
-def run_svi(optim, steps=50, mark_dct=True):
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
+def fit(optim, steps=50, mark_dct=True):
+    """The unconstrained params after ``steps`` SVI steps on the same data, with the time-local
+    params DCT-marked (``mark_dct``)."""
     g = torch.Generator().manual_seed(1)
     data_t = torch.randn(T_LEN, generator=g).cumsum(0)
     data_n = 1.0 + torch.randn(N_DATA, generator=g)
-    guide = AutoNormal(model)
-    if mark_dct:
-        guide = MarkDCTParamMessenger("time")(guide)
-    svi = SVI(model, guide, optim, Trace_ELBO())
-    for _ in range(steps):
-        svi.step(data_t, data_n)
-    store = pyro.get_param_store()
-    return {name: p.detach().clone() for name, p in store.named_parameters()}
+    batches = [{"data_t": data_t, "data_n": data_n}] * steps
+    return run_svi(model, batches, optim, mark_plate="time" if mark_dct else None)
 
 
 SVI_CASES = {
@@ -593,34 +577,32 @@ SVI_CASES = {
 
 
 @pytest.fixture(params=DTYPES, ids=str)
-def default_dtype(request):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(request.param)
-    yield request.param
-    torch.set_default_dtype(old)
+def dtype_as_default(request):
+    with default_dtype(request.param) as dtype:
+        yield dtype
 
 
 @pytest.mark.parametrize("name", list(SVI_CASES))
-def test_svi_param_store_matches_pyro(name, default_dtype):
+def test_svi_param_store_matches_pyro(name, dtype_as_default):
     pyro_cls, our_cls, args = SVI_CASES[name]
-    expected = run_svi(pyro.optim.PyroOptim(pyro_cls, args))
+    expected = fit(pyro.optim.PyroOptim(pyro_cls, args))
     optims = [pyro.optim.PyroOptim(our_cls, args), OneOptimizer(our_cls, args)]
-    if name == "DCTAdam" and default_dtype == torch.float64:
+    if name == "DCTAdam" and dtype_as_default == torch.float64:
         # batched DCT of locs.z and scales.z (rounds differently in the last bit)
         optims.append(OneOptimizer(our_cls, {**args, "batch_dct": True}))
     for optim in optims:
-        actual = run_svi(optim)
+        actual = fit(optim)
         assert list(actual) == list(expected)
-        rtol = 0.0 if name == "Adam" else RTOL[default_dtype]  # Adam: bitwise
+        rtol = 0.0 if name == "Adam" else RTOL[dtype_as_default]  # Adam: bitwise
         for key in expected:
             assert_close(actual[key], expected[key], rtol, key)
-    if name == "DCTAdam" and default_dtype == torch.float64:
+    if name == "DCTAdam" and dtype_as_default == torch.float64:
         # The time-local params were DCT-marked and the data-local ones subsampled, and
         # both matter, so ignoring either would fail the comparison above.
         store = pyro.get_param_store()
         assert store.get_param("AutoNormal.locs.z").unconstrained()._pyro_dct_dim == -1
         assert store.get_param("AutoNormal.locs.w").unconstrained()._pyro_subsample
-        unmarked = run_svi(pyro.optim.PyroOptim(pyro_cls, args), mark_dct=False)
+        unmarked = fit(pyro.optim.PyroOptim(pyro_cls, args), mark_dct=False)
         assert not torch.allclose(unmarked["AutoNormal.locs.z"], expected["AutoNormal.locs.z"])
-        unaware = run_svi(pyro.optim.PyroOptim(pyro_cls, {**args, "subsample_aware": False}))
+        unaware = fit(pyro.optim.PyroOptim(pyro_cls, {**args, "subsample_aware": False}))
         assert not torch.allclose(unaware["AutoNormal.locs.w"], expected["AutoNormal.locs.w"])
