@@ -23,6 +23,9 @@ from pyro.contrib.forecast.util import MarkDCTParamMessenger
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 
+import pyrotrain.registry
+from pyrotrain.registry import Registry
+
 TESTS = Path(__file__).parent
 DATA = TESTS / "data"
 SMALL_CSV = DATA / "small_regression.csv"
@@ -177,3 +180,24 @@ def run_svi(
         if after_step is not None:
             after_step()
     return unconstrained_params()
+
+
+# -- the global registries -----------------------------------------------------------------------
+
+
+def registries() -> list[Registry]:
+    """Every registry in pyrotrain.registry (OPTIMIZERS, SCHEDULERS, MODELS, ...)."""
+    return [r for r in vars(pyrotrain.registry).values() if isinstance(r, Registry)]
+
+
+@contextlib.contextmanager
+def registries_restored() -> Iterator[None]:
+    """Every registry's entries as they were before the block, whatever it registered, replaced
+    or removed. The dicts are restored in place: the registries keep their identity."""
+    saved = {registry: dict(registry._entries) for registry in registries()}
+    try:
+        yield
+    finally:
+        for registry, entries in saved.items():
+            registry._entries.clear()
+            registry._entries.update(entries)

@@ -1,11 +1,45 @@
-"""The shared test helpers: what the other tests rely on."""
+"""The shared test helpers and conftest's fixtures: what the other tests rely on."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from helpers import same
+from helpers import registries, registries_restored, same
+
+from pyrotrain.registry import DATASETS, ELBOS, GUIDES, MODELS, OPTIMIZERS, SCHEDULERS
+
+
+def test_registries_finds_every_registry():
+    assert {OPTIMIZERS, SCHEDULERS, MODELS, DATASETS, GUIDES, ELBOS} <= set(registries())
+
+
+def test_registries_restored_undoes_additions_replacements_and_removals():
+    entries = {registry: registry._entries for registry in registries()}
+    before = {registry: dict(registry._entries) for registry in registries()}
+    with registries_restored():
+        OPTIMIZERS.register("added_for_test", torch.optim.SGD)
+        ELBOS.register("trace", "not.a.module:Elbo")
+        del MODELS._entries["regression"]
+        GUIDES._entries.clear()
+    assert "added_for_test" not in OPTIMIZERS
+    for registry in registries():
+        assert registry._entries is entries[registry]  # restored in place
+        assert registry._entries == before[registry]
+        assert list(registry._entries) == list(before[registry])  # and in order
+
+
+def test_registries_restored_after_an_exception_too():
+    with pytest.raises(ValueError), registries_restored():
+        SCHEDULERS.register("added_for_test", object())
+        raise ValueError
+    assert "added_for_test" not in SCHEDULERS
+
+
+def test_every_test_runs_with_the_registries_restored_after_it(request):
+    # conftest's autouse fixture does it with registries_restored, tested above
+    assert "isolated_registries" in request.fixturenames
+
 
 EQUAL = {
     "tensor-with-nan": (torch.tensor([1.0, float("nan")]), torch.tensor([1.0, float("nan")])),
