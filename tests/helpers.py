@@ -34,6 +34,14 @@ BIN = Path(sys.executable).parent
 PYROTRAIN = BIN / "pyrotrain"
 
 
+QUICK = ["trainer.progress=none", "trainer.log_every=5"]
+
+
+def one_group(name: str, **args) -> dict:
+    """An optimizer stack config: every parameter in one group ``all`` with optimizer ``name``."""
+    return {"groups": {"all": {"params": ["*"], "optimizer": {"name": name, **args}}}}
+
+
 # -- the command line ----------------------------------------------------------------------------
 
 

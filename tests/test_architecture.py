@@ -12,6 +12,7 @@ import pyro
 import pytest
 import torch
 import yaml
+from helpers import QUICK, one_group
 from omegaconf import open_dict
 
 import pyrotrain
@@ -23,11 +24,6 @@ from pyrotrain.optim import OptimizerStack
 from pyrotrain.registry import OPTIMIZERS, rate_key
 
 ROOT = Path(__file__).resolve().parent.parent
-QUICK = ["trainer.progress=none", "trainer.log_every=5"]
-
-
-def one_group(name: str, **args):
-    return {"groups": {"all": {"params": ["*"], "optimizer": {"name": name, **args}}}}
 
 
 # -- one step-size key -----------------------------------------------------------------------------

@@ -316,7 +316,7 @@ def _process_state(cwd: Path, env: dict[str, str]):
     root = logging.getLogger()
     old_handlers, old_level = list(root.handlers), root.level
     with mock.patch.dict(os.environ, env):
-        os.environ.pop("HYDRA_FULL_ERROR", None)  # as conftest's run_cli
+        os.environ.pop("HYDRA_FULL_ERROR", None)  # as helpers.cli_env
         os.chdir(cwd)
         try:
             yield

@@ -10,15 +10,13 @@ from pathlib import Path
 import pyro
 import pytest
 import torch
-from helpers import PYROTRAIN, cli_env, metrics_rows, same, saved_params
+from helpers import PYROTRAIN, QUICK, cli_env, metrics_rows, same, saved_params
 from omegaconf import open_dict
 
 from pyrotrain.api import compose
 from pyrotrain.checkpoint import list_checkpoints, load_checkpoint
 from pyrotrain.errors import PyrotrainError, TrainingStopped
 from pyrotrain.loop import train
-
-QUICK = ["trainer.progress=none", "trainer.log_every=5"]
 
 
 def _assert_same_run(a: Path, b: Path, step: int) -> None:

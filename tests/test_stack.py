@@ -6,7 +6,7 @@ import pyro
 import pyro.optim
 import pytest
 import torch
-from helpers import assert_close, default_dtype, run_svi, unconstrained_params
+from helpers import assert_close, default_dtype, one_group, run_svi, unconstrained_params
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 from toy_models import LateParam, NetRegression, local_latent_model, make_series, series_model
@@ -19,10 +19,6 @@ from pyrotrain.registry import FOREACH_BY_DEFAULT, OPTIMIZERS
 STEPS = 50
 # how far the stack's params may be from pyro.optim's, entry by entry (relative and absolute)
 TOL = {torch.float32: 1e-6, torch.float64: 1e-10}
-
-
-def one_group(name, **args):
-    return {"groups": {"all": {"params": ["*"], "optimizer": {"name": name, **args}}}}
 
 
 def local_batches(dtype, n=40, batch=10, steps=STEPS):
