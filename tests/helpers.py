@@ -202,10 +202,14 @@ def registries() -> list[Registry]:
 def registries_restored() -> Iterator[None]:
     """Every registry's entries as they were before the block, whatever it registered, replaced
     or removed. The dicts are restored in place: the registries keep their identity."""
-    saved = {registry: dict(registry._entries) for registry in registries()}
+    saved = {
+        registry: (dict(registry._entries), dict(registry._facts)) for registry in registries()
+    }
     try:
         yield
     finally:
-        for registry, entries in saved.items():
+        for registry, (entries, facts) in saved.items():
             registry._entries.clear()
             registry._entries.update(entries)
+            registry._facts.clear()
+            registry._facts.update(facts)
