@@ -8,18 +8,12 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 
 class SmoothedLoss:
@@ -115,6 +109,17 @@ class ProgressDisplay:
         self._start = time.perf_counter()
         self._bar: Progress | None = None
         if mode == "bar":
+            # Only the bar needs rich.progress; plain lines and other processes go without it.
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
             self._bar = Progress(
                 TextColumn("[bold]train"),
                 BarColumn(),

@@ -16,7 +16,6 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from rich.console import Console
-from rich.table import Table
 
 from .distributed import is_main_process
 from .plots import job_labels, plot_run, plot_sweep, sweep_jobs
@@ -86,6 +85,9 @@ def _fmt(v: Any) -> str:
 
 def print_table(rows: list[dict[str, Any]], sweep_dir: Path, console: Console) -> None:
     """The ranking on screen; sweep_summary.csv has every column."""
+    # Hydra builds this module's callback for every run, sweeps or not: import rich.table here.
+    from rich.table import Table
+
     eval_keys = sorted({k for r in rows for k in r["eval"] if isinstance(r["eval"][k], float)})
     table = Table(title=f"Sweep {sweep_dir} ({len(rows)} jobs, best first)", title_justify="left")
     table.add_column("#", justify="right", no_wrap=True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import io
+import subprocess
+import sys
 
 import pyro
 import pyro.distributions as dist
@@ -377,6 +379,27 @@ def test_state_dict_interchangeable_with_pyro(name, direction):
     opt2 = second(p_second)
     opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
     run_pair(opt2, ref, p_second, p_ref, gradients, 30, RTOL[dtype], start=30)
+
+
+def test_optimizers_leave_out_the_dynamo_import():
+    """torch's Optimizer imports torch._dynamo on the first add_param_group or state_dict call;
+    ours skip that import, which would otherwise come before every run's first step."""
+    code = """
+import sys
+import torch
+from pyrotrain.optim import AdagradRMSProp, Adam, ClippedAdam, DCTAdam
+for cls in (Adam, AdagradRMSProp, ClippedAdam, DCTAdam):
+    p = torch.zeros(3, requires_grad=True)
+    opt = cls([p])
+    p.grad = torch.ones(3)
+    opt.step()
+    opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)]})
+    opt.load_state_dict(opt.state_dict())
+    opt.step()
+assert "torch._dynamo" not in sys.modules
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
 
 
 def test_deepcopy_and_add_param_group():

@@ -60,6 +60,16 @@ GATHER_MAX_NUMEL = 2048
 TensorList: TypeAlias = list[Tensor] | tuple[Tensor, ...]
 
 
+def _eager(method: Callable) -> Callable:
+    """``method`` of torch's Optimizer without its ``torch._disable_dynamo`` wrapper.
+
+    The wrapper's first call imports torch._dynamo, one of torch's largest imports; a run would
+    pay it while building its first optimizer, before the first step. These optimizers run
+    eagerly, where the wrapper changes nothing.
+    """
+    return getattr(method, "__wrapped__", method)
+
+
 def _numel(shape: Sequence[int]) -> int:
     return math.prod(shape)
 
@@ -255,11 +265,14 @@ class MultiTensorOptimizer(Optimizer):
         self._plans = {}
 
     def add_param_group(self, param_group: dict) -> None:
-        super().add_param_group(param_group)
+        _eager(Optimizer.add_param_group)(self, param_group)
         self._invalidate()
 
+    def state_dict(self) -> dict:
+        return _eager(Optimizer.state_dict)(self)
+
     def load_state_dict(self, state_dict: dict) -> None:
-        super().load_state_dict(state_dict)
+        _eager(Optimizer.load_state_dict)(self, state_dict)
         # torch's load_state_dict keeps the given tensors when dtype and device match;
         # copy them so that this optimizer never shares state with the source. The next
         # step packs the state into fresh flat buffers.
