@@ -19,7 +19,6 @@ from typing import Any
 import pyro
 import torch
 from omegaconf import DictConfig
-from pyro.contrib.forecast.util import MarkDCTParamMessenger
 
 from .checkpoint import check_compatible, find_resume, shape_of
 from .config import RunConfig, parse_config
@@ -96,6 +95,8 @@ def build(cfg: RunConfig | DictConfig | dict[str, Any], run_dir: Path | None = N
         )
     for mark in config.dct_marks:
         if mark.plate is not None:
+            from pyro.contrib.forecast.util import MarkDCTParamMessenger  # a costly import
+
             guide = MarkDCTParamMessenger(mark.plate)(guide)
 
     order = BatchOrder(data.size, trainer.batch_size, config.seed, backend.rank, backend.size)
