@@ -25,7 +25,13 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.markup import escape
 
-from .distributed import failure_message, is_main_process, process_rank, start_process
+from .distributed import (
+    failure_message,
+    is_main_process,
+    launch_env,
+    process_rank,
+    start_process,
+)
 from .errors import PyrotrainError
 from .loop import train
 from .outputs import undo as undo_outputs
@@ -154,9 +160,9 @@ def main() -> None:
     user_wants_trace = _show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     # Hydra then re-raises instead of printing its own multi-paragraph report and exiting 1.
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    launch = None
+    launch = launch_env()
     try:
-        launch = start_process(sys.argv)
+        start_process(sys.argv)
         _job()
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once, without a checkpoint
         if user_wants_trace:
