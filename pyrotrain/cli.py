@@ -25,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.markup import escape
 
+from .config import moved_keys
 from .distributed import (
     failure_message,
     is_main_process,
@@ -131,6 +132,14 @@ def user_error_message(exc: BaseException) -> str | None:
         return _one_paragraph(f"Cannot parse the override '{exc.override}': {exc.message}")
     if isinstance(exc, ConfigCompositionException):
         cause = exc.__cause__
+        moved = moved_keys().get(str(getattr(cause, "full_key", "")))
+        if moved is not None:
+            key = str(getattr(cause, "full_key", ""))
+            return PyrotrainError(
+                f"'{key}' is no longer a setting: it is now {moved}",
+                key=key,
+                hint=f"Set {moved}=... instead",
+            ).message()
         detail = f" ({_one_paragraph(str(cause))})" if cause is not None else ""
         hint = ""
         if "not in struct" in detail:

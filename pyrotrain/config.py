@@ -38,7 +38,7 @@ class TrainerConfig:
         "rows per minibatch (per rank); null means the full data", default=100, minimum=1
     )
     accumulate_grad_batches: int = setting(
-        "minibatches whose gradients are averaged before each optimizer step (and allreduce); "
+        "minibatches whose gradients are averaged before each optimizer step and allreduce; "
         "steps still counts optimizer steps",
         default=1,
         minimum=1,
@@ -140,7 +140,7 @@ def parse_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:
     trainer = parse(TrainerConfig, plain.get("trainer"), "trainer")
     seed = coerce(plain.get("seed", 0), int, "seed", {"help": SEED_HELP, "minimum": 0})
     if seed > MAX_SEED:
-        raise PyrotrainError(f"seed must be at most {MAX_SEED}", key="seed", value=seed)
+        raise PyrotrainError(f"must be at most {MAX_SEED}", key="seed", value=seed)
     optim = parse(OptimConfig, plain.get("optim"), "optim")
     groups, marks = group_specs(optim, SchedulerSpec.parse(plain.get("scheduler"), "scheduler"))
     distributed = parse_distributed(plain.get("distributed", "auto"))
@@ -205,3 +205,15 @@ def _required(plain: dict[str, Any], key: str) -> Named:
 def trainer_defaults() -> dict[str, Any]:
     """Every trainer setting's default, as conf/trainer/default.yaml must list them."""
     return {f.name: f.default for f in dataclasses.fields(TrainerConfig)}
+
+
+def moved_keys() -> dict[str, str]:
+    """Keys that moved to another section (``distributed.backward_passes_per_step``), old full key
+    -> new, for the message a user with an old command line gets."""
+    from .distributed.base import ENGINES, _module
+
+    moved = {}
+    for module_name in ENGINES:
+        for old, new in getattr(_module(module_name).Settings, "MOVED", {}).items():
+            moved[f"distributed.{old}"] = new
+    return moved

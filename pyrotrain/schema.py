@@ -86,7 +86,7 @@ def parse(cls: type, node: Any, key: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     if not isinstance(node, dict):
         raise PyrotrainError(
-            f"{key} must be a mapping of settings", key=key, value=node, choices=list(fields)
+            "must be a mapping of settings", key=key, value=node, choices=list(fields)
         )
     moved = getattr(cls, "MOVED", {})
     section = getattr(cls, "SECTION", key)
@@ -129,7 +129,7 @@ def parse_named(node: Any, key: str) -> Named:
     if isinstance(node, str) and node:
         return Named(node)
     if not isinstance(node, dict) or not isinstance(node.get("name"), str) or not node["name"]:
-        raise PyrotrainError(f"{key} must be a mapping with a 'name' key", key=key, value=node)
+        raise PyrotrainError("must be a mapping with a 'name' key", key=key, value=node)
     kwargs = dict(node)
     return Named(kwargs.pop("name"), kwargs)
 
@@ -178,7 +178,7 @@ def coerce(value: Any, tp: Any, key: str, meta: dict | None = None) -> Any:
                 return coerce(value, a, key, meta)
             except PyrotrainError:
                 continue
-        raise PyrotrainError(f"{key} must be {describe_type(tp)}{help_text}", key=key, value=value)
+        raise PyrotrainError(f"must be {describe_type(tp)}{help_text}", key=key, value=value)
     if dataclasses.is_dataclass(tp) and tp is not Named:
         return parse(cast(type, tp), value, key)
     if tp is Named:
@@ -187,12 +187,12 @@ def coerce(value: Any, tp: Any, key: str, meta: dict | None = None) -> Any:
         if meta.get("one_or_list") and not isinstance(value, (list, tuple)):
             value = [value]
         if not isinstance(value, (list, tuple)) or not value:
-            raise PyrotrainError(f"{key} must be a non-empty list{help_text}", key=key, value=value)
+            raise PyrotrainError(f"must be a non-empty list{help_text}", key=key, value=value)
         (item,) = args
         return [coerce(v, item, f"{key}.{i}") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise PyrotrainError(f"{key} must be a mapping{help_text}", key=key, value=value)
+            raise PyrotrainError(f"must be a mapping{help_text}", key=key, value=value)
         _, item = args
         return {str(k): coerce(v, item, f"{key}.{k}") for k, v in value.items()}
     ok = (
@@ -202,17 +202,17 @@ def coerce(value: Any, tp: Any, key: str, meta: dict | None = None) -> Any:
         or (tp is str and isinstance(value, str))
     )
     if not ok:
-        raise PyrotrainError(f"{key} must be {describe_type(tp)}{help_text}", key=key, value=value)
+        raise PyrotrainError(f"must be {describe_type(tp)}{help_text}", key=key, value=value)
     if tp is float:
         value = float(value)
     minimum, below, maximum = meta.get("minimum"), meta.get("below"), meta.get("maximum")
     if minimum is not None and (value <= minimum if meta.get("exclusive") else value < minimum):
         bound = f"greater than {minimum}" if meta.get("exclusive") else f"at least {minimum}"
-        raise PyrotrainError(f"{key} must be {bound}{help_text}", key=key, value=value)
+        raise PyrotrainError(f"must be {bound}{help_text}", key=key, value=value)
     if below is not None and not value < below:
-        raise PyrotrainError(f"{key} must be less than {below}{help_text}", key=key, value=value)
+        raise PyrotrainError(f"must be less than {below}{help_text}", key=key, value=value)
     if maximum is not None and value > maximum:
-        raise PyrotrainError(f"{key} must be at most {maximum}{help_text}", key=key, value=value)
+        raise PyrotrainError(f"must be at most {maximum}{help_text}", key=key, value=value)
     return value
 
 

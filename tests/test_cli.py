@@ -72,6 +72,12 @@ BAD_INPUTS = [
     ),
     (["trainer.device=tpu"], ["trainer.device", "'tpu'", "Valid choices: cpu, cuda, auto"]),
     (["trainer.steps=0"], ["trainer.steps", "at least 1"]),
+    (
+        ["distributed.backward_passes_per_step=2"],
+        ["'distributed.backward_passes_per_step'", "now trainer.accumulate_grad_batches"],
+    ),
+    (["scheduler=step", "scheduler.gamma=abc"], ["'scheduler.gamma'", "'abc'", "number"]),
+    (["model=sparse", "scheduler=cosine"], ["adagrad_rmsprop's step size is 'eta'"]),
     (["optim.lr=-1"], ["optim.groups.all.optimizer.lr", "-1", "positive"]),
     (["optim.lr=fast"], ["optim.groups.all.optimizer.lr", "'fast'", "positive number"]),
     (
