@@ -210,10 +210,10 @@ def trainer_defaults() -> dict[str, Any]:
 def moved_keys() -> dict[str, str]:
     """Keys that moved to another section (``distributed.backward_passes_per_step``), old full key
     -> new, for the message a user with an old command line gets."""
-    from .distributed.base import ENGINES, _module
+    from .distributed.base import _module, engine_modules
 
     moved = {}
-    for module_name in ENGINES:
+    for module_name in engine_modules():
         for old, new in getattr(_module(module_name).Settings, "MOVED", {}).items():
             moved[f"distributed.{old}"] = new
     return moved

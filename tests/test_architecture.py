@@ -137,7 +137,7 @@ def test_backward_passes_per_step_names_its_new_home():
     "override,expected",
     [
         ("trainer.steps=abc", "'trainer.steps': 'abc'"),
-        ("seed=4294967296", "must be at most 4294967295"),
+        ("seed=4294967296", "Must be at most 4294967295"),
         ("scheduler=step scheduler.gamma=abc", "'scheduler.gamma': 'abc'"),
         ("+optim.groups.all.optimizer.betaz=1", "takes no argument 'betaz'"),
         ("+optim.groups.all.clip.norm=-1", "'optim.groups.all.clip.norm': -1"),
@@ -194,7 +194,8 @@ def test_only_the_horovod_backend_imports_horovod():
 def test_a_backend_module_is_all_an_engine_needs():
     from pyrotrain.distributed import Backend, base
 
-    for module_name in base.ENGINES:
+    assert base.engine_modules() == ["horovod", "single"]
+    for module_name in base.engine_modules():
         module = base._module(module_name)
         for attr in ("NAME", "LAUNCH_VARS", "Settings", "create", "share_start_time"):
             assert hasattr(module, attr), (module_name, attr)

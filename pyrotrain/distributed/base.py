@@ -21,11 +21,13 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import pkgutil
 import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
 
@@ -35,8 +37,6 @@ from omegaconf import OmegaConf
 from ..errors import PyrotrainError
 from ..schema import parse, parse_named
 
-#: Engine modules, in the order ``distributed=auto`` checks their launchers.
-ENGINES = ("single", "horovod")
 #: The engine whose settings ``distributed=auto`` checks when no launcher started the process.
 DEFAULT_ENGINE = "horovod"
 LR_SCALINGS = ("none", "linear", "sqrt")
@@ -95,9 +95,16 @@ def lr_factor(lr_scaling: str, world_size: int) -> float:
 # -- engines and launches ------------------------------------------------------------------------
 
 
+def engine_modules() -> list[str]:
+    """The engine modules: every module of this package but this one, so that a new engine is
+    one new module (and its YAML file) and nothing else."""
+    here = Path(__file__).parent
+    return sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name != "base")
+
+
 def engine(name: str) -> ModuleType:
     """The module of engine ``name`` (see the module doc)."""
-    for module_name in ENGINES:
+    for module_name in engine_modules():
         module = _module(module_name)
         if module.NAME == name:
             return module
@@ -105,7 +112,7 @@ def engine(name: str) -> ModuleType:
 
 
 def engine_names() -> list[str]:
-    return [_module(module_name).NAME for module_name in ENGINES]
+    return [_module(module_name).NAME for module_name in engine_modules()]
 
 
 def _module(name: str) -> ModuleType:
@@ -125,7 +132,7 @@ class Launch:
 def launch_env() -> Launch | None:
     """This process's place in a multi-process launch, from the launchers' variables; None when
     it was started on its own."""
-    for module_name in ENGINES:
+    for module_name in engine_modules():
         module = _module(module_name)
         for rank_var, size_var, local_var in module.LAUNCH_VARS:
             if rank_var in os.environ and size_var in os.environ:
