@@ -93,6 +93,9 @@ class MetricsSinks:
         self._jsonl = self._csv = self._tb = None
 
 
+WIDE_TERMINAL = 110  # columns from which the progress bar also shows lrs, speed and elapsed time
+
+
 def _fmt_lrs(lrs: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.3g}" for k, v in lrs.items())
 
@@ -120,20 +123,28 @@ class ProgressDisplay:
                 TimeRemainingColumn,
             )
 
-            self._bar = Progress(
+            # What a narrow terminal keeps: step/total, loss and ETA; the lrs, speed and elapsed
+            # time go first (they are in metrics.jsonl and the final lines anyway).
+            wide = self.console.width >= WIDE_TERMINAL
+            columns = [
                 TextColumn("[bold]train"),
-                BarColumn(),
+                BarColumn(bar_width=None if wide else 10),
                 MofNCompleteColumn(),
-                TaskProgressColumn(),
+                *([TaskProgressColumn()] if wide else []),
                 TextColumn("loss {task.fields[loss]}"),
-                TextColumn("lr {task.fields[lr]}"),
-                TextColumn("{task.fields[speed]} steps/s"),
-                TimeElapsedColumn(),
+                *(
+                    [
+                        TextColumn("lr {task.fields[lr]}"),
+                        TextColumn("{task.fields[speed]} steps/s"),
+                        TimeElapsedColumn(),
+                    ]
+                    if wide
+                    else []
+                ),
                 TextColumn("eta"),
                 TimeRemainingColumn(),
-                console=self.console,
-                transient=False,
-            )
+            ]
+            self._bar = Progress(*columns, console=self.console, transient=False)
             self._task = self._bar.add_task("train", total=total, loss="-", lr="-", speed="-")
             self._bar.start()
 
