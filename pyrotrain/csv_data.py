@@ -6,6 +6,10 @@
 The loader yields ``x`` (rows x features), ``y`` (the target) and, when ``time`` is given, ``t``
 (the time column). With ``time`` the rows are sorted by it and the last ``eval_fraction`` of them
 are held out (a forecast split); without it the held-out rows are drawn at random with the seed.
+
+Nothing is dropped or replaced quietly: an empty or repeated column name, a row with more or fewer
+values than the header, and text or an empty cell in a column that is used are errors naming the
+column and the file line.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +38,25 @@ def _number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def read_csv(path: str | Path, key: str = "data.path") -> tuple[list[str], list[list[str]]]:
-    """The header and the data rows of a CSV file, as strings; blank lines are skipped."""
+@dataclass
+class Table:
+    """A CSV file's column names and data rows as strings, with where each row is in the file."""
+
+    path: Path
+    header: list[str]
+    header_line: int
+    rows: list[list[str]]
+    # Blank lines are skipped and a quoted value may span lines, so a row's index is not its line;
+    # messages name the file line a user's editor shows.
+    lines: list[int]
+
+
+def read_csv(path: str | Path, key: str = "data.path") -> Table:
+    """The header and the data rows of a CSV file; blank lines are skipped.
+
+    A header without names (all numbers), an empty or repeated column name and a row with more or
+    fewer values than the header are PyrotrainErrors naming the column or the line.
+    """
     p = Path(path).expanduser()
     if not p.is_file():
         what = "is a directory, not a file" if p.is_dir() else "does not exist"
@@ -44,11 +66,30 @@ def read_csv(path: str | Path, key: str = "data.path") -> tuple[list[str], list[
             value=str(path),
             hint=f"Relative paths are read from the working directory, {Path.cwd()}",
         )
+    records: list[tuple[int, list[str]]] = []
     with p.open(newline="", encoding="utf-8-sig") as f:
-        rows = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
-    if not rows:
+        reader = csv.reader(f)
+        start = 1
+        try:
+            for row in reader:
+                if any(cell.strip() for cell in row):
+                    records.append((start, row))
+                start = reader.line_num + 1
+        except csv.Error as exc:
+            raise PyrotrainError(
+                f"line {reader.line_num + 1} of {p} cannot be read as CSV: {exc}",
+                key=key,
+                value=str(path),
+            ) from None
+        except UnicodeDecodeError:
+            # Decoding runs ahead in blocks, so the reader's line number would be wrong here.
+            raise PyrotrainError(
+                f"{p} is not UTF-8 text", key=key, value=str(path), hint="Save it as UTF-8 CSV"
+            ) from None
+    if not records:
         raise PyrotrainError(f"the CSV file {p} is empty", key=key, value=str(path))
-    header = [name.strip() for name in rows[0]]
+    header_line, raw = records[0]
+    header = [name.strip() for name in raw]
     if all(_number(name) is not None for name in header):
         raise PyrotrainError(
             f"the first row of {p} is numbers, not column names",
@@ -56,40 +97,109 @@ def read_csv(path: str | Path, key: str = "data.path") -> tuple[list[str], list[
             value=str(path),
             hint="Add a header row naming the columns",
         )
-    for i, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
+    first: dict[str, int] = {}
+    for j, name in enumerate(header, start=1):
+        if not name:
             raise PyrotrainError(
-                f"row {i} of {p} has {len(row)} values but the header names {len(header)} columns",
+                f"column {j} of {p.name} has no name in the header (line {header_line})",
                 key=key,
                 value=str(path),
+                hint="Name every column; a comma at the end of each line makes an unnamed column",
             )
-    if len(rows) < 2:
+        if name in first:
+            # Reading by name would give both the first column's values: refuse, do not guess.
+            raise PyrotrainError(
+                f"columns {first[name]} and {j} of {p.name} are both named '{name}' in the header "
+                f"(line {header_line})",
+                key=key,
+                value=str(path),
+                hint="Rename one of them; column names must be unique",
+            )
+        first[name] = j
+    for line, row in records[1:]:
+        if len(row) != len(header):
+            raise PyrotrainError(
+                f"line {line} of {p.name} has {len(row)} values but the header (line "
+                f"{header_line}) names {len(header)} columns",
+                key=key,
+                value=str(path),
+                hint='A value that contains a comma must be quoted: "1,5"',
+            )
+    if len(records) < 2:
         raise PyrotrainError(f"the CSV file {p} has a header but no rows", key=key, value=str(path))
-    return header, rows[1:]
+    return Table(
+        p, header, header_line, [row for _, row in records[1:]], [line for line, _ in records[1:]]
+    )
 
 
-def numeric_column(
-    header: list[str], rows: list[list[str]], name: str, key: str, path: str | Path
-) -> np.ndarray:
-    """Column ``name`` as float64; a missing column or a non-number is a PyrotrainError."""
-    if name not in header:
+def _cell_problem(table: Table, j: int, i: int) -> str:
+    """What is wrong with cell ``i`` of column ``j`` (which is not a finite number), and where."""
+    cell = table.rows[i][j]
+    where = f"column '{table.header[j]}' of {table.path.name} has"
+    if not cell.strip():
+        return f"{where} an empty cell (a missing value) on line {table.lines[i]}"
+    return f"{where} {cell!r} on line {table.lines[i]}, which is not a finite number"
+
+
+def _column(table: Table, name: str, key: str) -> int:
+    if name not in table.header:
         raise PyrotrainError(
-            f"there is no column '{name}' in {Path(path).name}", key=key, value=name, choices=header
+            f"there is no column '{name}' in {table.path.name}",
+            key=key,
+            value=name,
+            choices=table.header,
         )
-    j = header.index(name)
-    out = np.empty(len(rows))
-    for i, row in enumerate(rows):
+    return table.header.index(name)
+
+
+def numeric_column(table: Table, name: str, key: str) -> np.ndarray:
+    """Column ``name`` as float64; a missing column, an empty cell or a non-number is a
+    PyrotrainError naming the column and the file line."""
+    j = _column(table, name, key)
+    out = np.empty(len(table.rows))
+    for i, row in enumerate(table.rows):
         value = _number(row[j])
         if value is None:
             raise PyrotrainError(
-                f"column '{name}' of {Path(path).name} has {row[j]!r} in row {i + 2} "
-                "(counting the header as row 1), which is not a finite number",
+                _cell_problem(table, j, i),
                 key=key,
                 value=name,
-                hint="Fix or drop that row, or leave the column out",
+                hint="Fix or drop that line, or leave the column out",
             )
         out[i] = value
     return out
+
+
+def default_features(table: Table, skip: set[str | None]) -> tuple[list[str], list[str]]:
+    """The feature columns for ``features: null``, and the text columns left out.
+
+    A column whose every cell is a number is a feature; one with no number at all (names, ids) is
+    text and left out. A column with both is an error: a typo or a missing value there must not
+    decide whether the column is used.
+    """
+    features, text, mixed = [], [], []
+    for j, name in enumerate(table.header):
+        if name in skip:
+            continue
+        numbers = [_number(row[j]) is not None for row in table.rows]
+        if all(numbers):
+            features.append(name)
+        elif not any(numbers):
+            text.append(name)
+        else:
+            mixed.append((j, numbers))
+    if mixed:
+        j, numbers = mixed[0]
+        i, ok = numbers.index(False), numbers.index(True)
+        raise PyrotrainError(
+            f"{_cell_problem(table, j, i)}, but line {table.lines[ok]} has a number there, so "
+            "whether the column is a feature is unclear",
+            key="data.features",
+            value=None,
+            hint="Fix or drop that line, or list the feature columns yourself: "
+            f"data.features=[{','.join(features)}]",
+        )
+    return features, text
 
 
 def _as_names(value: str | Sequence[str] | None, key: str) -> list[str] | None:
@@ -116,8 +226,10 @@ def load_csv(
 
     :param path: the file; relative paths are read from the working directory.
     :param target: the column to predict (``y``).
-    :param features: the columns of ``x``; None: every other column whose first value is a number
-        (so text columns such as names are left out), [] for none (``x`` has zero columns).
+    :param features: the columns of ``x``; [] for none (``x`` has zero columns); None: every other
+        column whose values are all numbers. Columns with no number at all (names, ids) are left
+        out and listed in ``info["text_columns"]``; a column with both numbers and text or empty
+        cells is an error, so a typo in one row cannot drop a column.
     :param time: a column to sort the rows by (``t``); the split is then by time: the last
         ``eval_fraction`` of the rows are held out. None: a random split with ``seed``.
     :param dtype: of ``y``: float32 | float64 (the trainer casts floats to trainer.dtype anyway),
@@ -135,35 +247,28 @@ def load_csv(
             key="data.eval_fraction",
             value=eval_fraction,
         )
-    header, rows = read_csv(path)
+    table = read_csv(path)
     names = _as_names(features, "data.features")
+    text: list[str] = []
     if names is None:
-        skip = {target, time}
-        names = [
-            h for h in header if h not in skip and _number(rows[0][header.index(h)]) is not None
-        ]
+        names, text = default_features(table, {target, time})
     named = [("data.target", target), ("data.time", time)] + [("data.features", n) for n in names]
     for key, name in named:
-        if name is not None and name not in header:
-            raise PyrotrainError(
-                f"there is no column '{name}' in {Path(path).name}",
-                key=key,
-                value=name,
-                choices=header,
-            )
+        if name is not None:
+            _column(table, name, key)
     if target in names or (time is not None and time in names):
         raise PyrotrainError(
             "the target and time columns cannot also be features", key="data.features", value=names
         )
-    y = numeric_column(header, rows, target, "data.target", path)
-    columns = [numeric_column(header, rows, n, "data.features", path) for n in names]
-    x = np.stack(columns, -1) if columns else np.zeros((len(rows), 0))
+    y = numeric_column(table, target, "data.target")
+    columns = [numeric_column(table, n, "data.features") for n in names]
+    x = np.stack(columns, -1) if columns else np.zeros((len(table.rows), 0))
     if dtype == "int64":
         if not np.all(y == np.round(y)):
             bad = int(np.flatnonzero(y != np.round(y))[0])
             raise PyrotrainError(
-                f"data.dtype=int64 needs whole numbers, but column '{target}' has {y[bad]} in row "
-                f"{bad + 2}",
+                f"data.dtype=int64 needs whole numbers, but column '{target}' has {y[bad]} on line "
+                f"{table.lines[bad]}",
                 key="data.dtype",
                 value=dtype,
             )
@@ -171,11 +276,17 @@ def load_csv(
     else:
         y_t = torch.as_tensor(y, dtype=getattr(torch, dtype))
     tensors = {"x": torch.as_tensor(x), "y": y_t}
-    info = {"source": str(path), "target": target, "features": names, "rows": len(rows)}
+    info = {
+        "source": str(path),
+        "target": target,
+        "features": names,
+        "text_columns": text,
+        "rows": len(table.rows),
+    }
     if time is None:
         data = split(tensors, eval_fraction, seed, info)
     else:
-        t = numeric_column(header, rows, time, "data.time", path)
+        t = numeric_column(table, time, "data.time")
         order = torch.as_tensor(np.argsort(t, kind="stable"))
         tensors = {k: v[order] for k, v in tensors.items()}
         tensors["t"] = torch.as_tensor(t)[order]

@@ -210,14 +210,14 @@ def test_csv_int_target_standardize_and_no_features(tmp_path):
         ("a,y\n1,2\n", {"target": "price"}, r"data.target.*no column 'price'.*choices: a, y"),
         ("a,y\n1,2\n", {"target": "y", "features": ["b"]}, r"data.features.*no column 'b'"),
         ("a,y\n1,2\n", {"target": "y", "time": "when"}, r"data.time.*no column 'when'"),
-        ("a,y\n1,2\nx,3\n", {"target": "y", "features": ["a"]}, r"Column 'a'.*'x' in row 3"),
-        ("a,y\n1,2\n2,\n", {"target": "y"}, r"Column 'y'.*'' in row 3"),
+        ("a,y\n1,2\nx,3\n", {"target": "y", "features": ["a"]}, r"Column 'a'.*'x' on line 3"),
+        ("a,y\n1,2\n2,\n", {"target": "y"}, r"Column 'y'.*empty cell.*on line 3"),
         ("a,y\n1,nan\n", {"target": "y"}, r"not a finite number"),
         ("1,2\n3,4\n", {"target": "y"}, r"first row.*numbers, not column names"),
-        ("a,y\n1,2,3\n", {"target": "y"}, r"row 2.*3 values.*2 columns"),
+        ("a,y\n1,2,3\n", {"target": "y"}, r"line 2.*3 values.*2 columns"),
         ("", {"target": "y"}, r"is empty"),
         ("a,y\n", {"target": "y"}, r"no rows"),
-        ("a,y\n1,2.5\n", {"target": "y", "dtype": "int64"}, r"whole numbers.*2.5 in row 2"),
+        ("a,y\n1,2.5\n", {"target": "y", "dtype": "int64"}, r"whole numbers.*2.5 on line 2"),
         ("a,y\n1,2\n", {"target": "y", "dtype": "int32"}, r"data.dtype.*float32, float64, int64"),
         ("a,y\n1,2\n", {"target": "y", "features": ["y"]}, r"cannot also be features"),
     ],
@@ -226,6 +226,107 @@ def test_csv_errors_name_the_problem(tmp_path, text, kwargs, match):
     path = tmp_path / "missing.csv" if text is None else _write(tmp_path, text)
     with pytest.raises(PyrotrainError, match=f"(?i){match}"):
         load_csv(str(path), **kwargs)
+
+
+# Each bad file: the message names the column and the file line (1-based, header included,
+# blank lines counted) so the user can find the cell.
+DAMAGED_CSV = [
+    # The user's file: read by name, the second 'a' would have silently become a copy of the first.
+    (
+        "a,a,price\n1,2,3\n4,5,6\n",
+        {"target": "price"},
+        "data.path",
+        r"columns 1 and 2.*both named 'a'.*line 1",
+    ),
+    (" x ,y,x\n1,2,3\n", {"target": "y"}, "data.path", r"columns 1 and 3.*'x'"),
+    ("a,,y\n1,2,3\n", {"target": "y"}, "data.path", r"column 2.*no name.*line 1"),
+    ("a,y,  \n1,2,\n", {"target": "y"}, "data.path", r"column 3.*no name.*line 1"),
+    (
+        "a,y\n1,2\n\n3,4,5\n",
+        {"target": "y"},
+        "data.path",
+        r"line 4.*3 values.*header \(line 1\) names 2",
+    ),
+    ("a,y\n1,2\n3\n", {"target": "y"}, "data.path", r"line 3.*1 values.*2 columns"),
+    # Text in the first data row used to drop the column from the default features.
+    (
+        "a,b,y\nx,1,2\n3,4,5\n",
+        {"target": "y"},
+        "data.features",
+        r"column 'a'.*'x' on line 2.*line 3 has a number.*data.features=\[b\]",
+    ),
+    ("a,b,y\n1,1,2\n3,oops,5\n", {"target": "y"}, "data.features", r"column 'b'.*'oops' on line 3"),
+    (
+        "a,b,y\n1,1,2\n3,,5\n",
+        {"target": "y"},
+        "data.features",
+        r"column 'b'.*empty cell.*on line 3",
+    ),
+    (
+        "a,y\nx,2\n3,4\n",
+        {"target": "y", "features": ["a"]},
+        "data.features",
+        r"column 'a'.*'x' on line 2",
+    ),
+    (
+        "a,y\n1,oops\n3,4\n",
+        {"target": "y", "features": []},
+        "data.target",
+        r"column 'y'.*'oops' on line 2",
+    ),
+    (
+        "a,y\n1,\n3,4\n",
+        {"target": "y", "features": []},
+        "data.target",
+        r"column 'y'.*empty cell.*on line 2",
+    ),
+    (
+        "t,y\nmon,1\n2,3\n3,4\n",
+        {"target": "y", "time": "t"},
+        "data.time",
+        r"column 't'.*'mon' on line 2",
+    ),
+    (
+        "t,y\n1,1\n\n,3\n3,4\n",
+        {"target": "y", "time": "t"},
+        "data.time",
+        r"column 't'.*empty cell.*on line 4",
+    ),
+]
+
+
+@pytest.mark.parametrize("text,kwargs,key,match", DAMAGED_CSV)
+def test_csv_damage_is_an_error_naming_column_and_line(tmp_path, text, kwargs, key, match):
+    path = _write(tmp_path, text)
+    with pytest.raises(PyrotrainError, match=f"(?i){match}") as caught:
+        load_csv(str(path), **kwargs)
+    assert caught.value.key == key and caught.value.exit_code == 2
+
+
+def test_csv_that_is_not_utf8_is_an_error(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("a,y\n1,2\nd\u00e9j\u00e0,3\n".encode("latin-1"))
+    with pytest.raises(PyrotrainError, match="data.path.*not UTF-8"):
+        load_csv(str(path), target="y")
+
+
+def test_csv_text_only_columns_are_listed_not_features(tmp_path):
+    path = _write(tmp_path, "id,a,y\nr1,1,2\nr2,3,4\n,5,6\n")
+    data = load_csv(str(path), target="y", eval_fraction=0)
+    assert data.info["features"] == ["a"] and data.info["text_columns"] == ["id"]
+    # A number in an otherwise text column is as suspect as text in a number column.
+    path = _write(tmp_path, "id,a,y\nr1,1,2\n7,3,4\n")
+    with pytest.raises(PyrotrainError, match="(?i)column 'id'.*'r1' on line 2.*line 3 has a num"):
+        load_csv(str(path), target="y")
+    assert load_csv(str(path), target="y", features=["a"]).info["features"] == ["a"]
+
+
+def test_csv_duplicate_header_fails_the_run_not_the_fit(tmp_path):
+    rows = "".join(f"{i},{i % 3},{i - 2 * (i % 3)}\n" for i in range(40))
+    path = _write(tmp_path, "a,a,price\n" + rows)
+    cfg = pyrotrain.compose(["data=csv", f"data.path={path}", "data.target=price", *QUIET])
+    with pytest.raises(PyrotrainError, match="data.path.*both named 'a'"):
+        pyrotrain.train(cfg)
 
 
 def test_csv_directory_is_not_a_file(tmp_path):
