@@ -37,6 +37,16 @@ def test_conf_tree_has_every_group():
     } <= set(GROUPS)
 
 
+def test_every_guide_and_elbo_that_pyrotrain_list_offers_is_a_config_option():
+    import pyrotrain.conf
+    from pyrotrain.registry import ELBOS, GUIDES
+
+    conf = Path(pyrotrain.conf.__file__).parent
+    for group, registry in (("guide", GUIDES), ("elbo", ELBOS)):
+        options = {p.stem for p in (conf / group).glob("*.yaml")}
+        assert set(registry.names()) <= options, (group, set(registry.names()) - options)
+
+
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_config_option_composes_builds_and_steps(group, option):
     overrides = [
