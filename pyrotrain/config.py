@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from .distributed.base import DistributedConfig, parse_distributed
 from .errors import PyrotrainError
 from .optim.spec import DCTMark, GroupSpec, OptimConfig, SchedulerSpec, group_specs
-from .registry import DATASETS, ELBOS, GUIDES, MODELS, import_object
+from .registry import DATASETS, ELBOS, GUIDES, MODELS, check_kwargs, import_object
 from .schema import Named, coerce, parse, parse_named, setting, to_plain
 
 LOGGERS = ("jsonl", "csv", "tensorboard")
@@ -170,7 +170,9 @@ def parse_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:
     if guide.name != "model":
         GUIDES.get(guide.name, "guide.name")
     elbo = parse_named(plain.get("elbo", "trace"), "elbo")
-    ELBOS.get(elbo.name, "elbo.name")
+    check_kwargs(ELBOS.get(elbo.name, "elbo.name"), elbo.kwargs, "elbo")
+    particles = elbo.kwargs.get("num_particles", 1)
+    coerce(particles, int, "elbo.num_particles", {"help": "samples per step", "minimum": 1})
     if trainer.nan_policy == "reduce_lr":
         for g in groups:
             if not g.frozen and g.rate is None:

@@ -317,6 +317,16 @@ class Trainer:
     def _first_step(self, params: set[torch.Tensor]) -> None:
         """Parameters exist now: assign them to groups, check every group got some, sync ranks."""
         stack = self.run.stack
+        if not params:
+            raise PyrotrainError(
+                "the first step created no Pyro parameter: the model and guide have nothing to "
+                "train (a model without latent sample sites and parameters, or an ELBO that drew "
+                "no particle)",
+                key="model",
+                value=self.run.config.model.name,
+                hint="Check that the model calls pyro.sample for its latent variables or "
+                "pyro.param, and that elbo.num_particles is at least 1",
+            )
         stack.assign(params)
         unused = stack.unused_groups()
         if unused:
@@ -477,18 +487,25 @@ class Trainer:
             from .checkpoint import list_checkpoints
 
             saved = list_checkpoints(self.run_dir) if self.run_dir else []
-            last = f"The last good checkpoint is {saved[0]}" if saved else "No checkpoint was saved"
             why = (
                 f"after {t.max_bad_steps} non-finite steps in a row"
                 if t.nan_policy != "stop"
                 else "(trainer.nan_policy=stop)"
             )
+            fixes = (
+                "Lower the learning rate, add clipping, or set trainer.nan_policy=skip or reduce_lr"
+            )
+            if saved:  # only a saved checkpoint can be continued from
+                hint = (
+                    f"The last good checkpoint is {saved[0]}. {fixes}, and continue from it with "
+                    f"trainer.resume={self.run_dir}"
+                )
+            else:
+                hint = f"No checkpoint was saved. {fixes}, and start again"
             raise TrainingStopped(
                 f"training stopped at step {step}: {where} is not finite {why}",
                 exit_code=1,
-                hint=f"{last}. Lower the learning rate, add clipping, or set "
-                "trainer.nan_policy=skip or reduce_lr, and continue from it with "
-                f"trainer.resume={self.run_dir or '<run dir>'}",
+                hint=hint,
             )
         if t.nan_policy == "reduce_lr":
             groups = bad or list(self.run.stack.lrs())

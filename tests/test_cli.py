@@ -78,6 +78,8 @@ BAD_INPUTS = [
     ),
     (["scheduler=step", "scheduler.gamma=abc"], ["'scheduler.gamma'", "'abc'", "number"]),
     (["model=sparse", "scheduler=cosine"], ["adagrad_rmsprop's step size is 'eta'"]),
+    (["elbo.num_particles=0"], ["'elbo.num_particles'", "at least 1"]),
+    (["model=custom", "model.target=os:getcwd"], ["created no Pyro parameter"]),
     (["optim.lr=-1"], ["optim.groups.all.optimizer.lr", "-1", "positive"]),
     (["optim.lr=fast"], ["optim.groups.all.optimizer.lr", "'fast'", "positive number"]),
     (

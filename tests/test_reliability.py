@@ -156,6 +156,15 @@ def toy(*overrides: str):
     return cfg
 
 
+def test_nan_policy_stop_before_any_checkpoint_does_not_advise_resuming(tmp_path):
+    with pytest.raises(TrainingStopped) as info:
+        train(toy("+model.nan_loss_at=[3]"), tmp_path)
+    message = str(info.value)
+    assert "No checkpoint was saved" in message and "start again" in message
+    assert "trainer.resume" not in message
+    assert list_checkpoints(tmp_path) == []
+
+
 def test_nan_policy_stop_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(TrainingStopped) as info:
         train(toy("+model.nan_loss_at=[7]"), tmp_path)
