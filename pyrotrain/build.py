@@ -26,7 +26,15 @@ from .data import BatchOrder, Dataset
 from .distributed import Backend, create_backend
 from .errors import PyrotrainError
 from .optim.stack import OptimizerStack
-from .registry import DATASETS, ELBOS, GUIDES, MODELS, call_with_kwargs, import_object
+from .registry import (
+    DATASETS,
+    ELBOS,
+    GUIDES,
+    MODELS,
+    call_with_kwargs,
+    import_object,
+    where_raised,
+)
 from .schema import Named
 
 
@@ -208,7 +216,17 @@ def _build_model(node: Named, data: Dataset) -> Callable:
     else:
         target = MODELS.get(node.name, "model.name")
     if inspect.isclass(target):
-        return call_with_kwargs(target, kwargs, "model", data)
+        try:
+            return call_with_kwargs(target, kwargs, "model", data)
+        except PyrotrainError:
+            raise
+        except Exception as e:  # the model's own constructor failed: show where
+            raise PyrotrainError(
+                f"building the model failed: {type(e).__name__}: {e}{where_raised(e)}",
+                key="model",
+                value=node.name if node.name != "custom" else node.kwargs.get("target"),
+                hint="HYDRA_FULL_ERROR=1 shows the traceback",
+            ) from e
     if kwargs:
         raise PyrotrainError(
             "this model is a function, so it takes no model settings", key="model", value=kwargs

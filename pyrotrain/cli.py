@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,14 @@ def _limit_threads_for_parallel_jobs(launcher: DictConfig) -> None:
     torch.set_num_threads(max(1, cores // n_jobs))
 
 
+def _from_hydras_setup(exc: BaseException) -> bool:
+    """Whether Hydra raised ``exc`` while setting up the job's directory, before pyrotrain ran."""
+    frames = [f.filename for f in traceback.extract_tb(exc.__traceback__)]
+    in_hydra = any(f"{os.sep}hydra{os.sep}" in f for f in frames)
+    in_job = any(f"{os.sep}pyrotrain{os.sep}" in f and not f.endswith("cli.py") for f in frames)
+    return in_hydra and not in_job
+
+
 def _one_paragraph(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
@@ -118,6 +127,15 @@ def user_error_message(exc: BaseException) -> str | None:
     """The one-paragraph message for a mistake the user made, or None for anything else."""
     if isinstance(exc, PyrotrainError):
         return str(exc)
+    if isinstance(exc, OSError) and exc.filename is not None and _from_hydras_setup(exc):
+        sweep = any(a in ("-m", "--multirun") for a in sys.argv[1:])
+        key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
+        return PyrotrainError(
+            f"the job's directory {exc.filename} cannot be created: {exc.strerror}",
+            key=key,
+            value=str(exc.filename),
+            hint=f"Choose a directory you can write, e.g. {key}=outputs/myrun",
+        ).message()
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file:
         group, _, option = exc.missing_cfg_file.rpartition("/")
         if group and exc.options is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -34,6 +35,18 @@ def import_object(path: str, key: str | None = None) -> Any:
             key=key,
             value=path,
             hint="Check that it is installed or on PYTHONPATH (the working directory is included)",
+        ) from e
+    except SyntaxError as e:
+        raise PyrotrainError(
+            f"module '{module_name}' has a syntax error: {e.msg} ({e.filename}, line {e.lineno})",
+            key=key,
+            value=path,
+        ) from e
+    except Exception as e:  # the user's module failed while it was imported
+        raise PyrotrainError(
+            f"importing module '{module_name}' failed: {type(e).__name__}: {e}{where_raised(e)}",
+            key=key,
+            value=path,
         ) from e
     for part in attr.split("."):
         try:
@@ -140,9 +153,31 @@ def rate_default(optimizer: str, rate: str, key: str | None = None) -> float | N
 
 
 def call_with_kwargs(fn: Callable, kwargs: Mapping[str, Any], key: str, *args: Any) -> Any:
-    """Call ``fn(*args, **kwargs)``, turning unknown keyword arguments into a PyrotrainError."""
+    """Call ``fn(*args, **kwargs)``, turning unknown or missing arguments into a PyrotrainError."""
     check_kwargs(fn, kwargs, key, n_positional=len(args))
+    try:
+        inspect.signature(fn).bind(*args, **kwargs)
+    except TypeError as e:
+        what = getattr(fn, "__qualname__", repr(fn))
+        missing = re.search(r"missing a required argument: '(\w+)'", str(e))
+        name = missing.group(1) if missing else "NAME"
+        raise PyrotrainError(
+            f"{what} cannot be called with these settings: {e}",
+            key=key,
+            value=dict(kwargs),
+            hint=f"Set it on the command line, e.g. +{key}.{name}=VALUE",
+        ) from e
+    except ValueError:  # no signature to check against (a builtin)
+        pass
     return fn(*args, **kwargs)
+
+
+def where_raised(exc: BaseException) -> str:
+    """`` (FILE, line N)`` of the innermost frame of ``exc``'s traceback, for user code errors."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
 
 
 def _annotations(fn: Callable) -> dict[str, Any]:

@@ -79,6 +79,7 @@ BAD_INPUTS = [
     (["scheduler=step", "scheduler.gamma=abc"], ["'scheduler.gamma'", "'abc'", "number"]),
     (["model=sparse", "scheduler=cosine"], ["adagrad_rmsprop's step size is 'eta'"]),
     (["elbo.num_particles=0"], ["'elbo.num_particles'", "at least 1"]),
+    (["model=custom", "model.target=bad_models:NeedsAnArgument"], ["+model.required=VALUE"]),
     (["model=custom", "model.target=os:getcwd"], ["created no Pyro parameter"]),
     (["optim.lr=-1"], ["optim.groups.all.optimizer.lr", "-1", "positive"]),
     (["optim.lr=fast"], ["optim.groups.all.optimizer.lr", "'fast'", "positive number"]),
@@ -220,3 +221,20 @@ def test_users_own_model_file_and_csv_through_the_cli(cli, tmp_path):
     assert r.returncode == 2, r.stderr
     assert "my model cannot handle this" in r.stderr and "Traceback" not in r.stderr
     assert "first batch" in r.stderr
+
+
+def test_a_users_broken_module_and_an_uncreatable_run_dir_get_one_paragraph(cli, tmp_path):
+    (tmp_path / "broken.py").write_text("import pyro\n\ndef Model(:\n    pass\n")
+    cases = [
+        (["model=custom", "model.target=broken:Model"], ["syntax error", "broken.py, line 3"]),
+        (["hydra.run.dir=/proc/pyrotrain/run"], ["'hydra.run.dir'", "cannot be created"]),
+    ]
+    for args, expected in cases:
+        r = cli(*args, "trainer.progress=none", cwd=tmp_path)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert "Traceback" not in r.stderr + r.stdout
+        message = r.stderr.strip()
+        assert message.startswith("error:") and "\n\n" not in message
+        for text in expected:
+            assert text in message, (text, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.py"]  # nothing written
