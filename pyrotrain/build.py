@@ -20,7 +20,7 @@ import pyro
 import torch
 from omegaconf import DictConfig
 
-from .checkpoint import check_compatible, find_resume, shape_of
+from .checkpoint import check_compatible, check_run_dir, find_resume, shape_of
 from .config import RunConfig, parse_config
 from .data import BatchOrder, Dataset
 from .distributed import Backend, create_backend
@@ -274,16 +274,18 @@ def _load_resume(
     total_steps: int,
 ) -> tuple[Path, dict[str, Any]] | None:
     """The checkpoint ``trainer.resume`` names, read by rank 0 and sent to the others (which may
-    not see its file system), after checking that it fits this config."""
+    not see its file system), after checking that it fits this config; and, first, that
+    ``run_dir`` holds no other run's outputs that this run would mix with its own."""
     trainer = config.trainer
-    if trainer.resume is None:
-        return None
-    found: Any = None
+    found: Any = None  # every rank takes part in the broadcast, whatever its run_dir
     if backend.is_main:
         try:
-            found = find_resume(trainer.resume, run_dir)
+            if run_dir is not None:
+                check_run_dir(run_dir, trainer.resume)
+            if trainer.resume is not None:
+                found = find_resume(trainer.resume, run_dir)
             if found is not None:
-                check_compatible(found[1], shape, found[0])
+                check_compatible(found[1], shape, found[0], config.seed)
                 if found[1]["step"] >= total_steps:
                     raise PyrotrainError(
                         f"the checkpoint {found[0]} is at step {found[1]['step']}, and this run "

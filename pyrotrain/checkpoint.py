@@ -159,19 +159,78 @@ def first_difference(saved: Any, now: Any, key: str = "") -> tuple[str, Any, Any
     return None if saved == now else (key, saved, now)
 
 
-def check_compatible(payload: dict[str, Any], shape: dict[str, Any], path: Path) -> None:
+def check_compatible(payload: dict[str, Any], shape: dict[str, Any], path: Path, seed: int) -> None:
+    """Refuse to resume from ``payload`` (read from ``path``) a run whose shape or seed differs.
+
+    The seed is read from the checkpoint's plain ``config`` rather than its ``shape``, so that
+    checkpoints written before the seed was checked (their shape has no seed) still load."""
     difference = first_difference(payload["shape"], shape)
-    if difference is None:
+    if difference is not None:
+        key, was, now = difference
+        raise PyrotrainError(
+            f"the checkpoint {path} was trained with {key}={was!r}, this config has {now!r}; "
+            "its saved state does not fit this run",
+            key=key,
+            value=now,
+            hint="Resume with the same model, data, guide, optimizer groups, batch size, dtype "
+            "and number of ranks (learning rates, steps and logging may change), or start "
+            "afresh in a new run directory without trainer.resume",
+        )
+    saved = (payload.get("config") or {}).get("seed")
+    if saved is not None and saved != seed:
+        raise PyrotrainError(
+            f"the checkpoint {path} was trained with seed={saved}, this config has seed={seed}; "
+            "the resumed run would take another minibatch order than the one it continues",
+            key="seed",
+            value=seed,
+            hint=f"Resume with seed={saved}, or start afresh in a new run directory without "
+            "trainer.resume",
+        )
+
+
+# -- a new run does not write into another run's outputs ------------------------------------------
+
+
+def earlier_outputs(run_dir: Path) -> list[str]:
+    """What ``run_dir`` holds of a run's outputs (Hydra's .hydra/ and log do not count, nor an
+    empty metrics.jsonl, which a run that failed before its first row leaves)."""
+    found = []
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        found.append("metrics.jsonl")
+    if list_checkpoints(run_dir / DIRNAME):
+        found.append(f"{DIRNAME}/step-*.pt")
+    found += [name for name in ("params.pt", "summary.json") if (run_dir / name).is_file()]
+    return found
+
+
+def _within(path: Path, directory: Path) -> bool:
+    path, directory = path.expanduser().resolve(), directory.expanduser().resolve()
+    return path == directory or directory in path.parents
+
+
+def check_run_dir(run_dir: Path, resume: str | None) -> None:
+    """Refuse to start a run in a directory that holds another run's outputs: its metrics rows,
+    checkpoints and parameters would mix with this run's. Continuing the run that is there
+    (``trainer.resume=auto``, or a checkpoint of this directory) is allowed."""
+    if resume == "auto" or (resume is not None and _within(Path(resume), run_dir)):
         return
-    key, was, now = difference
+    found = earlier_outputs(run_dir)
+    if not found:
+        return
+    what = f"the run directory {run_dir} already holds another run's outputs ({', '.join(found)})"
+    if resume is None:
+        raise PyrotrainError(
+            f"{what}; a new run there would mix its metrics and checkpoints with them",
+            hint="To continue that run, add trainer.resume=auto; to start afresh, choose another "
+            "directory (hydra.run.dir=..., or hydra.sweep.dir=... for a sweep) or remove this one",
+        )
     raise PyrotrainError(
-        f"the checkpoint {path} was trained with {key}={was!r}, this config has {now!r}; "
-        "its saved state does not fit this run",
-        key=key,
-        value=now,
-        hint="Resume with the same model, data, guide, optimizer groups, batch size, dtype and "
-        "number of ranks (learning rates, steps and logging may change), or start afresh "
-        "without trainer.resume",
+        f"{what}; resuming {resume} there would mix this run's metrics and checkpoints with them",
+        key="trainer.resume",
+        value=resume,
+        hint="Resume into another directory (hydra.run.dir=...), or continue the run that is "
+        "there with trainer.resume=auto",
     )
 
 

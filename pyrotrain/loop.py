@@ -210,7 +210,8 @@ class Trainer:
         if self.writes:
             assert self.run_dir is not None
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            if run.resume is not None:  # rows after the checkpoint are about to be redone
+            # Rows after the checkpoint (all rows, when auto found none) are about to be redone.
+            if self.settings.resume is not None:
                 from .checkpoint import prune_metrics
 
                 prune_metrics(self.run_dir / "metrics.jsonl", self.state.step)

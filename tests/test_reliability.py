@@ -134,6 +134,112 @@ def test_resume_past_the_end_is_refused(tmp_path):
         train(compose([*QUICK, "trainer.steps=5", f"trainer.resume={tmp_path / 'first'}"]))
 
 
+def _files(directory: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_resume_with_another_seed_is_refused_and_writes_nothing(tmp_path):
+    run = tmp_path / "run"
+    train(compose([*QUICK, "trainer.steps=5", "seed=3"]), run)
+    before = _files(run)
+    for resume, into in (("auto", run), (str(run), tmp_path / "second")):
+        with pytest.raises(PyrotrainError) as info:
+            train(compose([*QUICK, "trainer.steps=10", f"trainer.resume={resume}"]), into)
+        assert info.value.exit_code == 2 and info.value.key == "seed", info.value
+        assert "seed=3, this config has seed=0" in str(info.value)
+        assert "Resume with seed=3" in str(info.value)
+    assert _files(run) == before
+    assert not (tmp_path / "second").exists()
+    summary = train(compose([*QUICK, "trainer.steps=10", "seed=3", "trainer.resume=auto"]), run)
+    assert summary["resumed_from_step"] == 5
+
+
+def test_a_checkpoint_from_before_the_split_is_refused_with_another_seed(tmp_path):
+    """Its shape holds no seed: the seed comes from the config it saved (seed=0)."""
+    old = tmp_path / "old" / "checkpoints"
+    old.mkdir(parents=True)
+    fixture = Path(__file__).parent / "data" / "pre_refactor" / "step-00000010.pt"
+    (old / fixture.name).write_bytes(fixture.read_bytes())
+    overrides = ["trainer.batch_size=50", "optim=multi", "scheduler=step", "trainer.steps=20"]
+    with pytest.raises(PyrotrainError, match="seed=0, this config has seed=1") as info:
+        train(compose([*QUICK, *overrides, "seed=1", f"trainer.resume={old.parent}"]))
+    assert info.value.key == "seed"
+
+
+# Each of a run's outputs on its own marks a directory as used; Hydra's files alone do not.
+OUTPUTS = {
+    "metrics.jsonl": '{"step": 10, "loss": 1.0}\n',
+    "params.pt": "x",
+    "summary.json": "{}",
+    "checkpoints/step-00000010.pt": "x",
+}
+
+
+@pytest.mark.parametrize("name", OUTPUTS)
+def test_a_new_run_in_a_directory_with_another_runs_outputs_is_refused(tmp_path, name):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (run / "pyrotrain.log").write_text("")
+    (run / name).parent.mkdir(parents=True, exist_ok=True)
+    (run / name).write_text(OUTPUTS[name])
+    before = _files(run)
+    with pytest.raises(PyrotrainError) as info:
+        train(compose([*QUICK, "trainer.steps=3"]), run)
+    message = str(info.value)
+    assert info.value.exit_code == 2
+    assert f"The run directory {run} already holds another run's outputs" in message
+    assert name.split("/")[0] in message
+    assert "trainer.resume=auto" in message and "hydra.run.dir" in message
+    assert "remove this one" in message
+    assert _files(run) == before
+
+
+def test_hydras_files_alone_do_not_make_a_directory_used(tmp_path):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (run / "pyrotrain.log").write_text("")
+    (run / "metrics.jsonl").write_text("")  # a run that failed before its first row
+    train(compose([*QUICK, "trainer.steps=5"]), run)
+    assert [row["step"] for row in metrics_rows(run)] == [5]
+
+
+def test_a_second_run_into_the_same_directory_is_refused_and_resume_continues(tmp_path):
+    """Issue 16: a second run appended its rows to the first one's metrics.jsonl."""
+    run = tmp_path / "run"
+    train(compose([*QUICK, "trainer.steps=10"]), run)
+    before = _files(run)
+    with pytest.raises(PyrotrainError, match="already holds another run's outputs"):
+        train(compose([*QUICK, "trainer.steps=5"]), run)
+    # resuming a checkpoint of another run into it would mix them as well
+    train(compose([*QUICK, "trainer.steps=5"]), tmp_path / "other")
+    other = f"trainer.resume={tmp_path / 'other'}"
+    with pytest.raises(PyrotrainError, match="already holds another run's outputs") as info:
+        train(compose([*QUICK, "trainer.steps=10", other]), run)
+    assert info.value.key == "trainer.resume"
+    assert _files(run) == before
+    # continuing the run that is there is allowed, by auto or by naming its own checkpoint
+    summary = train(compose([*QUICK, "trainer.steps=15", "trainer.resume=auto"]), run)
+    assert summary["resumed_from_step"] == 10
+    own = run / "checkpoints" / "step-00000015.pt"
+    summary = train(compose([*QUICK, "trainer.steps=20", f"trainer.resume={own}"]), run)
+    assert summary["resumed_from_step"] == 15
+    assert [row["step"] for row in metrics_rows(run)] == [5, 10, 15, 20]
+
+
+def test_resume_auto_without_a_checkpoint_starts_over_without_old_rows(tmp_path):
+    """A run that stopped before its first checkpoint: auto starts at step 0 and its rows
+    replace the ones the stopped run logged."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 5, "loss": 9.0}\n')
+    summary = train(compose([*QUICK, "trainer.steps=10", "trainer.resume=auto"]), run)
+    assert summary["resumed_from_step"] is None
+    rows = metrics_rows(run)
+    assert [row["step"] for row in rows] == [5, 10] and rows[0]["loss"] != 9.0
+
+
 # -- non-finite losses and gradients ---------------------------------------------------------------
 
 TOY = [
