@@ -79,6 +79,8 @@ BAD_INPUTS = [
     (["scheduler=step", "scheduler.gamma=abc"], ["'scheduler.gamma'", "'abc'", "number"]),
     (["model=sparse", "scheduler=cosine"], ["adagrad_rmsprop's step size is 'eta'"]),
     (["elbo.num_particles=0"], ["'elbo.num_particles'", "at least 1"]),
+    (["model=custom", "model.target=math:pi"], ["must name a class or a function"]),
+    (["seed=4294967296"], ["'seed'", "at most 4294967295"]),
     (["model=custom", "model.target=bad_models:NeedsAnArgument"], ["+model.required=VALUE"]),
     (["model=custom", "model.target=os:getcwd"], ["created no Pyro parameter"]),
     (["optim.lr=-1"], ["optim.groups.all.optimizer.lr", "-1", "positive"]),
