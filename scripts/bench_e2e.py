@@ -20,9 +20,11 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -151,16 +153,13 @@ def time_to_first_step(repeats: int) -> dict:
         "print(f'step 1 loss {loss}', flush=True)\n"
     )
     exe = Path(sys.executable).with_name("pyrotrain")
-    cli_cmd = [
-        str(exe),
-        "trainer.steps=1",
-        "trainer.progress=plain",
-        "trainer.log_every=1",
-        "hydra.run.dir=/tmp/pyrotrain-bench-ttfs",
-    ]
+    cli_cmd = [str(exe), "trainer.steps=1", "trainer.progress=plain", "trainer.log_every=1"]
+    runs = Path(tempfile.mkdtemp(prefix="pyrotrain-bench-ttfs-"))
     cli, hand = [], []
-    for _ in range(repeats):
-        for bucket, cmd in ((cli, cli_cmd), (hand, [sys.executable, "-c", script])):
+    for i in range(repeats):
+        # a fresh run directory each time: pyrotrain refuses to start a run in another's
+        fresh = [*cli_cmd, f"hydra.run.dir={runs / str(i)}"]
+        for bucket, cmd in ((cli, fresh), (hand, [sys.executable, "-c", script])):
             t = time.perf_counter()
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd="/tmp")
             for line in proc.stdout:
@@ -170,6 +169,7 @@ def time_to_first_step(repeats: int) -> dict:
             proc.communicate()
             if proc.returncode != 0 or len(bucket) == 0:
                 raise RuntimeError(f"{cmd[0]} failed or printed no first step")
+    shutil.rmtree(runs, ignore_errors=True)
     ratios = [h / c for h, c in zip(hand, cli, strict=True)]
     return {
         "pyrotrain_s": statistics.median(cli),
