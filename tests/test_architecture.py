@@ -139,6 +139,8 @@ def test_backward_passes_per_step_names_its_new_home():
         ("trainer.steps=abc", "'trainer.steps': 'abc'"),
         ("seed=4294967296", "Must be at most 4294967295"),
         ("scheduler=step scheduler.gamma=abc", "'scheduler.gamma': 'abc'"),
+        ("scheduler=step scheduler.step_size=-5", "'scheduler.step_size': -5"),
+        ("scheduler=plateau scheduler.factor=0", "'scheduler.factor': 0"),
         ("+optim.groups.all.optimizer.betaz=1", "takes no argument 'betaz'"),
         ("+optim.groups.all.clip.norm=-1", "'optim.groups.all.clip.norm': -1"),
         ("distributed.op=max", "Valid choices: average, sum, adasum"),

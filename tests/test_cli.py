@@ -77,6 +77,7 @@ BAD_INPUTS = [
         ["'distributed.backward_passes_per_step'", "now trainer.accumulate_grad_batches"],
     ),
     (["scheduler=step", "scheduler.gamma=abc"], ["'scheduler.gamma'", "'abc'", "number"]),
+    (["scheduler=step", "scheduler.step_size=-5"], ["'scheduler.step_size'", "at least 1"]),
     (["model=sparse", "scheduler=cosine"], ["adagrad_rmsprop's step size is 'eta'"]),
     (["elbo.num_particles=0"], ["'elbo.num_particles'", "at least 1"]),
     (["model=custom", "model.target=math:pi"], ["must name a class or a function"]),

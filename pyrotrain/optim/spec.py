@@ -20,7 +20,7 @@ import torch
 
 from ..errors import PyrotrainError
 from ..registry import OPTIMIZERS, SCHEDULERS, check_kwargs, check_typed_kwargs, rate_key
-from ..schema import Named, parse, parse_named, setting
+from ..schema import Named, coerce, parse, parse_named, setting
 
 INTERVALS = ("step", "epoch")
 WARMUP_ARGS = ("warmup_steps", "start_factor", "then")
@@ -92,6 +92,7 @@ class SchedulerSpec:
             cls_ = SCHEDULERS.get(named.name, f"{key}.name")
             check_kwargs(cls_, args, key, n_positional=1)
             check_typed_kwargs(cls_, args, key)
+            _check_ranges(args, key)
         spec = cls(name=named.name, interval=interval, args=args, key=key)
         spec._dry_run()
         return spec
@@ -117,6 +118,32 @@ class SchedulerSpec:
                 key=self.key,
                 value=self.args,
             ) from e
+
+
+# Bounds of torch schedulers' arguments that their annotations do not carry: a period or length
+# below 1 or a factor at or below 0 makes a schedule that runs but is not what anyone meant
+# (StepLR with step_size=-5 decays the rate at every step).
+_ARG_BOUNDS: dict[str, dict[str, Any]] = {
+    "step_size": {"minimum": 1},
+    "T_max": {"minimum": 1},
+    "T_0": {"minimum": 1},
+    "T_mult": {"minimum": 1},
+    "total_iters": {"minimum": 1},
+    "total_steps": {"minimum": 1},
+    "step_size_up": {"minimum": 1},
+    "patience": {"minimum": 0},
+    "cooldown": {"minimum": 0},
+    "gamma": {"minimum": 0, "exclusive": True},
+    "factor": {"minimum": 0, "exclusive": True},
+    "eta_min": {"minimum": 0},
+}
+
+
+def _check_ranges(args: dict[str, Any], key: str) -> None:
+    for name, bounds in _ARG_BOUNDS.items():
+        value = args.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            coerce(value, type(value), f"{key}.{name}", bounds)
 
 
 def _check_warmup(args: dict[str, Any], key: str) -> None:
