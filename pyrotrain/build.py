@@ -9,6 +9,7 @@ settings) is refused here, still before anything is written.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import math
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from .config import RunConfig, parse_config
 from .data import BatchOrder, Dataset
 from .distributed import Backend, create_backend
 from .errors import PyrotrainError
+from .optim.spec import GroupSpec
 from .optim.stack import OptimizerStack
 from .registry import (
     DATASETS,
@@ -33,6 +35,7 @@ from .registry import (
     MODELS,
     call_with_kwargs,
     import_object,
+    rate_default,
     where_raised,
 )
 from .schema import Named
@@ -171,14 +174,11 @@ def _check_batch_size(batch_size: int | None, rows: int, ranks: int) -> None:
         )
 
 
-def _scaled_rates(config: RunConfig, factor: float) -> list:
+def _scaled_rates(config: RunConfig, factor: float) -> list[GroupSpec]:
     """The groups with their step sizes times ``factor`` (``distributed.lr_scaling``); a group
     that leaves its rate at the optimizer's default gets the default times ``factor``."""
     if factor == 1.0:
         return config.groups
-    import dataclasses
-
-    from .registry import rate_default
 
     scaled = []
     for spec in config.groups:

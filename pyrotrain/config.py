@@ -120,9 +120,17 @@ class RunConfig:
     plain: dict[str, Any]
 
 
-TOP_LEVEL_KEYS = tuple(
-    ["model", "data", "guide", "elbo", "optim", "scheduler", "distributed", "trainer", "seed"]
-    + ["logger"]
+TOP_LEVEL_KEYS = (
+    "model",
+    "data",
+    "guide",
+    "elbo",
+    "optim",
+    "scheduler",
+    "distributed",
+    "trainer",
+    "seed",
+    "logger",
 )
 
 

@@ -164,14 +164,15 @@ class Trainer:
             for step in range(first, total + 1):
                 if step == first + 1:  # throughput leaves out the first step's one-time setup
                     after_first = time.perf_counter()
-                loss, rows, norms, stop = self._step(step, first, batches, signals, window)
+                logs = step % t.log_every == 0 or step == total
+                loss, rows, norms, stop = self._step(step, first, logs, batches, signals, window)
                 self.state.step, self.state.consumed = step, self.state.consumed + self.accumulate
                 window.samples += rows * run.backend.size
                 window.steps += 1
                 if step % run.steps_per_epoch == 0:
                     run.stack.end_epoch(_mean(self.state.epoch_losses))
                     self.state.epoch_losses = []
-                if step % t.log_every == 0 or step == total:
+                if logs:
                     lrs = run.stack.lrs()
                     row = self._metrics_row(step, lrs, norms, window, start)
                     metrics.write(row)
@@ -221,6 +222,7 @@ class Trainer:
         self,
         step: int,
         first: int,
+        logs: bool,
         batches: Iterator[tuple[int, torch.Tensor]],
         signals: _StopSignals,
         window: _Window,
@@ -245,7 +247,7 @@ class Trainer:
             self._non_finite(step, loss, bad, invalid)
             return loss, rows, norms, stop
         self.state.bad_in_a_row = 0
-        if step % self.settings.log_every == 0 or step == run.total_steps:
+        if logs:  # gradient norms only for the metrics row
             norms = stack.grad_norms(params)
         stack(params)
         for p in params:

@@ -216,28 +216,18 @@ def coerce(value: Any, tp: Any, key: str, meta: dict | None = None) -> Any:
     return value
 
 
-def settings_table(cls: type, values: dict[str, Any] | None = None) -> str:
-    """A markdown table of a section's settings: key, default, what it accepts and does.
-
-    ``values`` overrides the shown defaults (e.g. with a YAML file's)."""
+def settings_table(cls: type) -> str:
+    """A markdown table of a section's settings: key, default, what it accepts and does."""
     hints = typing.get_type_hints(cls)
     lines = ["| key | default | accepts | meaning |", "|---|---|---|---|"]
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
-        if values is not None and f.name in values:
-            default = values[f.name]
-        elif f.default_factory is not dataclasses.MISSING:
+        if f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
         else:
             default = f.default
-        shown = (
-            "null"
-            if default is None
-            else str(default).lower()
-            if isinstance(default, bool)
-            else str(default)
-        )
+        shown = OmegaConf.to_yaml({"v": default}).strip()[len("v: ") :]  # as YAML writes it
         accepts = describe_type(hints[f.name])
         bounds = []
         m = f.metadata

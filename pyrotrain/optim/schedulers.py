@@ -54,17 +54,14 @@ def build_scheduler(
 
 
 def _warmup(spec: SchedulerSpec, optimizer: torch.optim.Optimizer, length: int | None) -> Any:
-    """Linear warmup from ``start_factor * lr`` over ``warmup_steps``, then ``then``."""
-    from .spec import SchedulerSpec
-
+    """Linear warmup from ``start_factor * lr`` over ``warmup_steps``, then ``spec.then``."""
     steps = spec.args["warmup_steps"]
     start_factor = spec.args.get("start_factor", 0.01)
     warm = LinearLR(optimizer, start_factor=start_factor, end_factor=1.0, total_iters=steps)
-    inner = SchedulerSpec.parse(spec.args.get("then"), f"{spec.key}.then")
-    if inner is None:
+    if spec.then is None:
         return warm
     rest = None if length is None else max(1, length - steps)
-    after = build_scheduler(inner, optimizer, rest)
+    after = build_scheduler(spec.then, optimizer, rest)
     return SequentialLR(optimizer, [warm, after], milestones=[steps])
 
 

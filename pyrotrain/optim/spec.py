@@ -64,6 +64,7 @@ class SchedulerSpec:
     interval: str = "step"
     args: dict[str, Any] = dataclasses.field(default_factory=dict)
     key: str = "scheduler"
+    then: SchedulerSpec | None = None  # warmup only: what follows it, parsed with it
 
     @property
     def needs_metric(self) -> bool:
@@ -86,14 +87,15 @@ class SchedulerSpec:
                 value=interval,
                 choices=INTERVALS,
             )
+        then = None
         if named.name == "warmup":
-            _check_warmup(args, key)
+            then = _check_warmup(args, key)
         else:
             cls_ = SCHEDULERS.get(named.name, f"{key}.name")
             check_kwargs(cls_, args, key, n_positional=1)
             check_typed_kwargs(cls_, args, key)
             _check_ranges(args, key)
-        spec = cls(name=named.name, interval=interval, args=args, key=key)
+        spec = cls(name=named.name, interval=interval, args=args, key=key, then=then)
         spec._dry_run()
         return spec
 
@@ -146,7 +148,8 @@ def _check_ranges(args: dict[str, Any], key: str) -> None:
             coerce(value, type(value), f"{key}.{name}", bounds)
 
 
-def _check_warmup(args: dict[str, Any], key: str) -> None:
+def _check_warmup(args: dict[str, Any], key: str) -> SchedulerSpec | None:
+    """Check warmup's arguments; return the scheduler that follows it, if any."""
     for name in args:
         if name not in WARMUP_ARGS:
             raise PyrotrainError(
@@ -165,6 +168,7 @@ def _check_warmup(args: dict[str, Any], key: str) -> None:
         raise PyrotrainError(
             "warmup cannot be followed by this scheduler", key=f"{key}.then.name", value=inner.name
         )
+    return inner
 
 
 @dataclass(frozen=True)
