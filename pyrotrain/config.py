@@ -100,6 +100,16 @@ class TrainerConfig:
             raise PyrotrainError(
                 "set trainer.steps or trainer.epochs", key=f"{key}.steps", value=None
             )
+        objective = self.objective
+        if objective not in ("smoothed_loss", "final_loss") and not (
+            objective.startswith("eval.") and len(objective) > len("eval.")
+        ):
+            raise PyrotrainError(
+                "a run returns one number from its summary to a sweeper",
+                key=f"{key}.objective",
+                value=objective,
+                choices=["smoothed_loss", "final_loss", "eval.<metric> (e.g. eval.rmse)"],
+            )
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NoReturn
 
 
 class PyrotrainError(Exception):
@@ -64,3 +65,21 @@ def _sentence(text: str) -> str:
     text = text.strip()
     text = text[:1].upper() + text[1:]
     return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def exit_with(message: str, exit_code: int = 2) -> NoReturn:
+    """Print ``message`` as one paragraph on stderr (``error:`` for bad input, ``stopped:`` for
+    anything else; ``[rank R]`` on ranks other than 0) and end the process with ``exit_code``."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from .distributed import process_rank
+
+    rank = process_rank()
+    tag = escape(f"[rank {rank}] ") if rank else ""
+    Console(stderr=True).print(
+        f"[bold red]{'error' if exit_code == 2 else 'stopped'}:[/] {tag}{escape(message)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    sys.exit(exit_code)

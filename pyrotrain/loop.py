@@ -24,11 +24,13 @@ from typing import Any
 import pyro
 import torch
 from pyro.poutine.messenger import Messenger
+from pyro.util import get_rng_state, set_rng_state
+from rich.markup import escape
 
 from .build import Run, build, torch_defaults
 from .errors import PyrotrainError, TrainingStopped
 from .io import save_params, write_json
-from .metrics import MetricsSinks, ProgressDisplay, SmoothedLoss
+from .metrics import MetricsSinks, ProgressDisplay, SmoothedLoss, screen
 
 
 @dataclass
@@ -126,15 +128,13 @@ def versions() -> dict[str, str]:
 class Trainer:
     """Runs the SVI loop of a built :class:`Run` and writes its outputs to ``run_dir``."""
 
-    def __init__(self, run: Run, run_dir: Path | None = None, console: Any = None):
+    def __init__(self, run: Run, run_dir: Path | None = None, console: Any = None, label: str = ""):
         self.run = run
         self.writes = run_dir is not None and run.backend.is_main
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        if console is None:
-            from rich.console import Console
-
-            console = Console()
-        self.console = console
+        self.console = console if console is not None else screen()
+        self.label = label
+        self._tag = escape(f"{label} ") if label else ""  # before the loop's own messages
         self.settings = run.config.trainer
         self.accumulate = self.settings.accumulate_grad_batches
         self.state = LoopState()
@@ -155,7 +155,7 @@ class Trainer:
         total, first = run.total_steps, self.state.step + 1
         metrics = MetricsSinks(self.run_dir if self.writes else None, (run.config.logger,))
         display = ProgressDisplay(
-            total, t.progress if run.backend.is_main else "none", self.console
+            total, t.progress if run.backend.is_main else "none", self.console, self.label
         )
         window = _Window(time.perf_counter())
         start = after_first = window.start
@@ -164,8 +164,11 @@ class Trainer:
             for step in range(first, total + 1):
                 if step == first + 1:  # throughput leaves out the first step's one-time setup
                     after_first = time.perf_counter()
+                    window.start, window.steps, window.samples = after_first, 0, 0
                 logs = step % t.log_every == 0 or step == total
                 loss, rows, norms, stop = self._step(step, first, logs, batches, signals, window)
+                if step == first:
+                    self._check_objective()
                 self.state.step, self.state.consumed = step, self.state.consumed + self.accumulate
                 window.samples += rows * run.backend.size
                 window.steps += 1
@@ -378,6 +381,7 @@ class Trainer:
         rows_per_step = self.settings.batch_size or run.order.rows_per_rank
         samples_per_rank = timed_steps * self.accumulate * rows_per_step / timed
         return {
+            "status": "finished",
             "final_loss": loss,
             "smoothed_loss": self.smoothed.value,
             "steps": total,
@@ -385,7 +389,7 @@ class Trainer:
             "resumed_from_step": first - 1 if run.resume is not None else None,
             "skipped_steps": self.state.skipped,
             "wall_time_s": wall,
-            "steps_per_s": done / wall,
+            "steps_per_s": timed_steps / timed,
             "samples_per_s_per_rank": samples_per_rank,
             "samples_per_s": samples_per_rank * backend.size,
             "world_size": backend.size,
@@ -396,6 +400,20 @@ class Trainer:
             "run_dir": str(self.run_dir) if self.run_dir else None,
             "versions": versions(),
         }
+
+    def _check_objective(self) -> None:
+        """An ``eval.<metric>`` objective must name a metric this run's evaluation produces:
+        checked once after the first step (the parameters exist then), not after the last. The
+        evaluation draws from its own seed; the training's random state is put back."""
+        objective = self.settings.objective
+        if not objective.startswith("eval."):
+            return
+        rng = get_rng_state()
+        try:
+            evaluation = self._evaluate()
+        finally:
+            set_rng_state(rng)
+        objective_value({"eval": evaluation}, objective)
 
     def _evaluate(self) -> dict[str, Any] | None:
         run = self.run
@@ -471,7 +489,7 @@ class Trainer:
         if changed and run.backend.is_main:
             for group, keys in changed.items():
                 for key, (was, now) in keys.items():
-                    self.console.print(f"resume: group {group} {key} {was} -> {now}")
+                    self.console.print(f"{self._tag}resume: group {group} {key} {was} -> {now}")
         set_rng_state(payload["rng"][run.backend.rank])
 
     def _non_finite(self, step: int, loss: float, bad: list[str], invalid: str | None) -> None:
@@ -515,7 +533,8 @@ class Trainer:
             self.run.stack.scale_lr(groups, t.nan_lr_factor)
         if self.run.backend.is_main:
             action = "skipped" if t.nan_policy == "skip" else f"skipped, lr x{t.nan_lr_factor}"
-            self.console.print(f"[yellow]step {step}: {where} is not finite; {action}[/]")
+            message = f"step {step}: {where} is not finite; {action}"
+            self.console.print(f"{self._tag}[yellow]{escape(message)}[/]")
 
     def _stop(self, stop: int, own: int, metrics: MetricsSinks) -> None:
         """A rank got SIGINT or SIGTERM: every rank ends after the same step, with a checkpoint."""
@@ -531,12 +550,32 @@ class Trainer:
         )
 
 
-def train(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
+def objective_value(summary: dict[str, Any], path: str) -> float:
+    """The summary's value at a dotted ``path`` (``trainer.objective``, e.g. ``eval.rmse``): what
+    a run returns to a sweeper."""
+    value: Any = summary
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            metrics = summary.get("eval") or {}
+            choices = ["smoothed_loss", "final_loss"] + [f"eval.{k}" for k in metrics]
+            why = (
+                "this run's evaluation has no such metric"
+                if metrics
+                else "this run has no held-out evaluation (the model has no evaluate() or the "
+                "data no held-out rows)"
+            )
+            raise PyrotrainError(why, key="trainer.objective", value=path, choices=choices)
+        value = value[part]
+    return float(value)
+
+
+def train(cfg: Any, run_dir: str | Path | None = None, label: str = "") -> dict[str, Any]:
     """Run one training job from a composed config; return its summary.
 
     The Pyro param store is cleared first and holds the trained parameters afterwards. Outputs
     (metrics.jsonl, params.pt, summary.json) are written to ``run_dir`` when it is given.
+    ``label`` prefixes the progress lines (``[job 3]`` in a sweep).
     """
     pyro.clear_param_store()
     out = Path(run_dir) if run_dir is not None else None
-    return Trainer(build(cfg, out), out).fit()
+    return Trainer(build(cfg, out), out, label=label).fit()

@@ -122,9 +122,24 @@ def job_labels(jobs: list[Path]) -> dict[Path, str]:
     }
 
 
+_JOB_FILES = ("metrics.jsonl", "summary.json", ".hydra")
+
+
+def job_status(job_dir: Path) -> str:
+    """``finished``, or what the job's summary.json says instead (``diverged``, ``failed``)."""
+    path = job_dir / "summary.json"
+    if not path.exists():
+        return "unfinished"
+    return str(json.loads(path.read_text(encoding="utf-8")).get("status", "finished"))
+
+
 def sweep_jobs(sweep_dir: Path) -> list[Path]:
     """Job directories of a sweep, in job order."""
-    jobs = [p for p in Path(sweep_dir).iterdir() if p.is_dir() and (p / "metrics.jsonl").exists()]
+    jobs = [
+        p
+        for p in Path(sweep_dir).iterdir()
+        if p.is_dir() and any((p / name).exists() for name in _JOB_FILES)
+    ]
     return sorted(
         jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name)
     )
@@ -141,8 +156,14 @@ def plot_sweep(sweep_dir: str | Path, log_scale: bool | None = None) -> Path | N
     labels = job_labels(jobs)
     for job in jobs:
         xs, ys = _series(read_metrics(job), "smoothed_loss")
+        status = job_status(job)
+        if not xs:
+            continue
         all_values += ys
-        ax.plot(xs, ys, lw=1.5, label=f"{job.name}: {labels[job]}")
+        if status == "finished":
+            ax.plot(xs, ys, lw=1.5, label=f"{job.name}: {labels[job]}")
+        else:  # what it did before it stopped, marked
+            ax.plot(xs, ys, lw=1, ls=":", marker="x", label=f"{job.name}: {labels[job]} [{status}]")
     if log_scale is None:
         log_scale = _positive(all_values) and max(all_values) / min(all_values) > 20
     if log_scale and _positive(all_values):
