@@ -36,6 +36,7 @@ from .errors import PyrotrainError, exit_with
 from .loop import objective_value, train
 from .metrics import screen
 from .outputs import undo as undo_outputs
+from .registry import describe_exception
 from .sweep import record_failure
 
 EXIT_USAGE = 2
@@ -70,7 +71,7 @@ def _job(cfg: DictConfig) -> float:
     except Exception as exc:
         if not survives or user_error_message(exc) is not None:
             raise
-        return _job_failed(run_dir, label, "failed", f"{type(exc).__name__}: {exc}", exc)
+        return _job_failed(run_dir, label, "failed", describe_exception(exc), exc)
     try:
         value = objective_value(summary, objective)
     except PyrotrainError as exc:

@@ -31,6 +31,7 @@ from .build import Run, build, torch_defaults
 from .errors import PyrotrainError, TrainingStopped
 from .io import save_params, write_json
 from .metrics import MetricsSinks, ProgressDisplay, SmoothedLoss, screen
+from .registry import describe_exception
 
 
 @dataclass
@@ -314,7 +315,7 @@ class Trainer:
             # The first batch is where a model meets its data: report the model's own words.
             shapes = {k: tuple(v.shape) for k, v in batch.items() if torch.is_tensor(v)}
             raise PyrotrainError(
-                f"the model failed on the first batch: {type(e).__name__}: {e}",
+                f"the model failed on the first batch: {describe_exception(e)}",
                 key="model",
                 value=run.config.model.name,
                 hint=f"The batch it was given: {shapes}. HYDRA_FULL_ERROR=1 shows the traceback",
@@ -380,8 +381,15 @@ class Trainer:
         timed_steps, timed = (done - 1, end - after_first) if done > 1 else (1, wall)
         rows_per_step = self.settings.batch_size or run.order.rows_per_rank
         samples_per_rank = timed_steps * self.accumulate * rows_per_step / timed
+        finite = math.isfinite(self.smoothed.value)
         return {
-            "status": "finished",
+            # Every step skipped as non-finite (trainer.nan_policy skip or reduce_lr) is no result.
+            "status": "finished" if finite else "diverged",
+            **(
+                {}
+                if finite
+                else {"reason": f"no step of the {self.state.skipped} had a finite loss"}
+            ),
             "final_loss": loss,
             "smoothed_loss": self.smoothed.value,
             "steps": total,
