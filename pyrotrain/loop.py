@@ -379,7 +379,7 @@ class Trainer:
         evaluation = self._evaluate()  # on every rank: the same numbers, for sweepers on each
         done = total - first + 1
         timed_steps, timed = (done - 1, end - after_first) if done > 1 else (1, wall)
-        rows_per_step = self.settings.batch_size or run.order.rows_per_rank
+        rows_per_step = run.order.batch_size or run.order.rows_per_rank
         samples_per_rank = timed_steps * self.accumulate * rows_per_step / timed
         finite = math.isfinite(self.smoothed.value)
         return {
