@@ -14,6 +14,7 @@ from pathlib import Path
 
 import hydra
 import torch
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import (
     ConfigCompositionException,
@@ -21,7 +22,7 @@ from hydra.errors import (
     OverrideParseException,
 )
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.markup import escape
 
@@ -54,7 +55,7 @@ def _job(cfg: DictConfig) -> float:
     launch = launch_env()
     survives = in_sweep and not _show_traceback and (launch is None or launch.size == 1)
     label = f"[job {hydra_cfg.job.num}]" if in_sweep else ""
-    objective = cfg.trainer.get("objective", "smoothed_loss")
+    objective = OmegaConf.select(cfg, "trainer.objective", default="smoothed_loss")
     try:
         summary = train(cfg, run_dir, label=label)
     except PyrotrainError as exc:
@@ -144,6 +145,16 @@ def user_error_message(exc: BaseException) -> str | None:
     """The one-paragraph message for a mistake the user made, or None for anything else."""
     if isinstance(exc, PyrotrainError):
         return str(exc)
+    if isinstance(exc, yaml.YAMLError):  # a config file (--config-path, --config-dir) is broken
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = ": ".join(
+            str(p) for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p
+        )
+        return PyrotrainError(
+            f"the config file {where} is not valid YAML: {problem or exc}",
+            hint="Fix the file; 'pyrotrain --cfg job' prints the composed config once it loads",
+        ).message()
     if isinstance(exc, OSError) and exc.filename is not None and _from_hydras_setup(exc):
         sweep = any(a in ("-m", "--multirun") for a in sys.argv[1:])
         key = "hydra.sweep.dir" if sweep else "hydra.run.dir"

@@ -155,6 +155,14 @@ def parse_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:
                 value=plain[key],
                 choices=TOP_LEVEL_KEYS,
             )
+    missing = [k for k in ("model", "data", "optim", "trainer") if k not in plain]
+    if missing:
+        raise PyrotrainError(
+            f"the config has no {', '.join(missing)} section",
+            key=missing[0],
+            hint="A config file of your own (--config-name) builds on pyrotrain's: begin it with "
+            "'defaults: [config, _self_]' (docs/configuration.md, 'Your own config file')",
+        )
     trainer = parse(TrainerConfig, plain.get("trainer"), "trainer")
     seed = coerce(plain.get("seed", 0), int, "seed", {"help": SEED_HELP, "minimum": 0})
     if seed > MAX_SEED:

@@ -228,16 +228,32 @@ def test_users_own_model_file_and_csv_through_the_cli(cli, tmp_path):
 
 def test_a_users_broken_module_and_an_uncreatable_run_dir_get_one_paragraph(cli, tmp_path):
     (tmp_path / "broken.py").write_text("import pyro\n\ndef Model(:\n    pass\n")
+    (tmp_path / "confs").mkdir()
+    (tmp_path / "confs" / "broken.yaml").write_text("defaults: [config, _self_]\nsteps: [1, 2\n")
+    (tmp_path / "confs" / "bare.yaml").write_text("seed: 5\n")  # no defaults list
+    confs = str(tmp_path / "confs")
     cases = [
         (["model=custom", "model.target=broken:Model"], ["syntax error", "broken.py, line 3"]),
         (["hydra.run.dir=/proc/pyrotrain/run"], ["'hydra.run.dir'", "cannot be created"]),
+        (
+            ["--config-dir", confs, "--config-name", "broken"],
+            ["broken.yaml, line 3, column 1 is not valid YAML", "expected ',' or ']'"],
+        ),
+        (
+            ["--config-path", confs, "--config-name", "broken"],
+            ["broken.yaml, line 3, column 1 is not valid YAML"],
+        ),
+        (
+            ["--config-path", confs, "--config-name", "bare"],
+            ["no model, data, optim, trainer section", "defaults: [config, _self_]"],
+        ),
     ]
     for args, expected in cases:
-        r = cli(*args, "trainer.progress=none", cwd=tmp_path)
+        r = cli(*args, cwd=tmp_path)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert "Traceback" not in r.stderr + r.stdout
         message = r.stderr.strip()
         assert message.startswith("error:") and "\n\n" not in message
         for text in expected:
             assert text in message, (text, message)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.py"]  # nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.py", "confs"]  # nothing written
