@@ -11,7 +11,7 @@ import pytest
 import yaml
 from helpers import BIN
 
-from pyrotrain.plots import plot_run, plot_sweep
+from pyrotrain.plots import plot_run, plot_sweep, run_title
 
 pytestmark = pytest.mark.slow
 
@@ -73,6 +73,9 @@ def test_sweep_records_jobs_that_diverge_or_fail_and_runs_them_all(cli, tmp_path
     assert "-- job 0: +model.mode=diverge  diverged" in r.stdout
     assert "Traceback" not in r.stdout + r.stderr
     assert (sweep / "comparison.png").exists()
+    # Plot titles say what the run is: model, data, optimizer, then the overrides.
+    title = run_title(sweep / "2")
+    assert title.startswith("custom on diabetes, adam\n") and "+model.mode=ok" in title
 
     r = cli(
         "--multirun",
