@@ -105,12 +105,6 @@ def build(cfg: RunConfig | DictConfig | dict[str, Any], run_dir: Path | None = N
         elbo = call_with_kwargs(
             ELBOS.get(config.elbo.name, "elbo.name"), config.elbo.kwargs, "elbo"
         )
-    for mark in config.dct_marks:
-        if mark.plate is not None:
-            from pyro.contrib.forecast.util import MarkDCTParamMessenger  # a costly import
-
-            guide = MarkDCTParamMessenger(mark.plate)(guide)
-
     order = BatchOrder(data.size, batch_size, config.seed, backend.rank, backend.size)
     steps_per_epoch = math.ceil(order.steps_per_epoch / trainer.accumulate_grad_batches)
     if trainer.epochs is not None:
@@ -122,6 +116,7 @@ def build(cfg: RunConfig | DictConfig | dict[str, Any], run_dir: Path | None = N
     stack = OptimizerStack(
         groups, config.dct_marks, total_steps=total_steps, total_epochs=total_epochs
     )
+    guide = stack.mark_guide(guide)  # dct: [{plate: ...}] marks what the guide creates there
     shape = shape_of(config.plain, stack.layout(), backend.size)
     resume = _load_resume(config, run_dir, backend, shape, total_steps)
     return Run(

@@ -84,6 +84,7 @@ class OptimizerStack(PyroOptim):
         self.total_epochs = total_epochs
         self._group_of: dict[torch.Tensor, Group] = {}
         self._pending_state: dict[str, dict] = {}
+        self._plates_checked = False
 
     @classmethod
     def from_config(cls, optim: Any, scheduler: Any = None, **kwargs: Any) -> OptimizerStack:
@@ -91,6 +92,18 @@ class OptimizerStack(PyroOptim):
         ``scheduler`` of its groups; ``kwargs`` go to the constructor."""
         specs, marks = parse_groups(optim, scheduler)
         return cls(specs, marks, **kwargs)
+
+    def mark_guide(self, guide: Any) -> Any:
+        """The guide, wrapped so that the parameters it creates inside each plate named by
+        ``dct: [{plate: NAME}]`` are marked for DCTAdam (with Pyro's own
+        ``pyro.contrib.forecast.util.MarkDCTParamMessenger``). pyrotrain's runs do this; in your
+        own SVI script, give SVI ``stack.mark_guide(guide)``."""
+        for mark in self.dct_marks:
+            if mark.plate is not None:
+                from pyro.contrib.forecast.util import MarkDCTParamMessenger  # a costly import
+
+                guide = MarkDCTParamMessenger(mark.plate)(guide)
+        return guide
 
     # -- parameter assignment -------------------------------------------------------------------
 
@@ -112,6 +125,23 @@ class OptimizerStack(PyroOptim):
                 touched.append(group)
         for group in touched:
             self._grow_optimizer(group)
+        if not self._plates_checked:
+            self._plates_checked = True
+            self._check_plate_marks(new)
+
+    def _check_plate_marks(self, params: list[torch.Tensor]) -> None:
+        """A ``dct: [{plate: NAME}]`` mark that marked nothing on the first step is a mistake
+        that would otherwise go unnoticed (DCTAdam then acts as Adam): say so."""
+        plates = [m.plate for m in self.dct_marks if m.plate is not None]
+        if plates and not any(getattr(p, "_pyro_dct_dim", None) is not None for p in params):
+            raise PyrotrainError(
+                "the DCT marks by plate marked no parameter: the guide created none inside a "
+                f"plate named {' or '.join(repr(p) for p in plates)}",
+                key="optim.dct",
+                value=[{"plate": p} for p in plates],
+                hint="In your own SVI script, give SVI stack.mark_guide(guide), which marks them; "
+                "check that the model's time plate has this name",
+            )
 
     def _match(self, name: str) -> Group:
         for group in self.groups:
