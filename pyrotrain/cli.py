@@ -33,7 +33,7 @@ from .distributed import (
     launch_env,
     start_process,
 )
-from .errors import PyrotrainError, exit_with
+from .errors import PyrotrainError, exit_with, show_warnings_plainly
 from .loop import objective_value, train
 from .metrics import screen
 from .outputs import undo as undo_outputs
@@ -200,6 +200,7 @@ def main() -> None:
     # Users' own models and data (model.target=mymodule:Model) import from the working directory.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    show_warnings_plainly()
     global _show_traceback
     user_wants_trace = _show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     # Hydra then re-raises instead of printing its own multi-paragraph report and exiting 1.

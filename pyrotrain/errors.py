@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
@@ -59,6 +60,27 @@ class TrainingStopped(PyrotrainError):
     def __init__(self, problem: str, *, exit_code: int, hint: str | None = None):
         self.exit_code = exit_code
         super().__init__(problem, hint=hint)
+
+
+class PyrotrainWarning(UserWarning):
+    """Something a user should know that does not stop the run. The CLI prints it as one line,
+    ``warning: MESSAGE`` (see :func:`show_warnings_plainly`)."""
+
+
+def show_warnings_plainly() -> None:
+    """Print pyrotrain's warnings as ``warning: MESSAGE`` (no file, line and source line);
+    other warnings keep Python's format."""
+    plain = warnings.formatwarning
+    if getattr(plain, "_pyrotrain", False):
+        return
+
+    def formatwarning(message: Any, category: Any, *args: Any, **kwargs: Any) -> str:
+        if issubclass(category, PyrotrainWarning):
+            return f"warning: {message}\n"
+        return plain(message, category, *args, **kwargs)
+
+    formatwarning._pyrotrain = True  # type: ignore[attr-defined]
+    warnings.formatwarning = formatwarning
 
 
 def _sentence(text: str) -> str:

@@ -8,6 +8,7 @@ torch optimizer (built when the group's first parameter arrives). The stack subc
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -16,7 +17,7 @@ import pyro
 import torch
 from pyro.optim import PyroOptim
 
-from ..errors import PyrotrainError
+from ..errors import PyrotrainError, PyrotrainWarning
 from ..registry import FOREACH_BY_DEFAULT, OPTIMIZERS, call_with_kwargs
 from .schedulers import build_scheduler, step_scheduler
 from .spec import DCTMark, GroupSpec, parse_groups
@@ -130,17 +131,19 @@ class OptimizerStack(PyroOptim):
             self._check_plate_marks(new)
 
     def _check_plate_marks(self, params: list[torch.Tensor]) -> None:
-        """A ``dct: [{plate: NAME}]`` mark that marked nothing on the first step is a mistake
-        that would otherwise go unnoticed (DCTAdam then acts as Adam): say so."""
+        """A ``dct: [{plate: NAME}]`` mark that marked nothing on the first step would go
+        unnoticed (DCTAdam then acts as Adam): say so, once. (``optim=dct_adam`` on a model
+        without a time plate is allowed: DCTAdam is Adam on unmarked parameters.)"""
         plates = [m.plate for m in self.dct_marks if m.plate is not None]
         if plates and not any(getattr(p, "_pyro_dct_dim", None) is not None for p in params):
-            raise PyrotrainError(
-                "the DCT marks by plate marked no parameter: the guide created none inside a "
-                f"plate named {' or '.join(repr(p) for p in plates)}",
-                key="optim.dct",
-                value=[{"plate": p} for p in plates],
-                hint="In your own SVI script, give SVI stack.mark_guide(guide), which marks them; "
-                "check that the model's time plate has this name",
+            names = " or ".join(repr(p) for p in plates)
+            warnings.warn(
+                f"optim.dct marks by plate, and it marked no parameter: the guide created none "
+                f"inside a plate named {names}, so DCTAdam updates every parameter as Adam does. "
+                "In your own SVI script, give SVI stack.mark_guide(guide), which marks them; "
+                "check that the model has a plate of this name",
+                PyrotrainWarning,
+                stacklevel=2,
             )
 
     def _match(self, name: str) -> Group:
