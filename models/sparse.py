@@ -87,7 +87,8 @@ class SparseRatings:
     training ratings have no data: their posterior is their prior, which :meth:`evaluate` uses.
 
     The guide (``guide=model``) is mean-field Normal: an AutoNormal over the globals, and
-    ``{user,item}_{effect,factor}.{loc,scale}`` tables for the rows.
+    ``{user,item}_{effect,factor}.{loc,log_scale}`` tables for the rows (the scales are stored
+    as their logs and exponentiated for the batch's rows only).
 
     :param rank: columns of the user and item factors ``p``, ``q`` (0: effects only).
     """
@@ -203,7 +204,8 @@ def _needs_own_guide(name: str) -> PyrotrainError:
 
 
 class RatingsGuide:
-    """Mean-field Normal guide: AutoNormal for the globals, loc/scale tables for the rows."""
+    """Mean-field Normal guide: AutoNormal for the globals, loc/scale tables for the rows, read
+    inside the users' and items' subsampled plates so that a step touches the batch's rows."""
 
     def __init__(self, model: SparseRatings, init_scale: float = 0.1):
         self.model = model
@@ -211,16 +213,24 @@ class RatingsGuide:
         self.globals = AutoNormal(poutine.block(model, expose=list(GLOBALS)))
 
     def _table(self, name: str, rows: int, event: tuple[int, ...], spread: float):
+        """(loc, scale) of a table: the rows a surrounding subsampled plate takes, else all.
+
+        Inside the plate Pyro indexes the stored tensors (``event_dim``) and records the rows
+        (``_pyro_subsample``: what sparse optimizer groups update). The scale is stored as its
+        log, the unconstrained value a ``constraints.positive`` parameter would hold, and
+        exponentiated after indexing, so a step transforms the batch's rows only.
+        """
+
         def init_loc():
             return spread * torch.randn(rows, *event)
 
-        loc = pyro.param(f"{name}.loc", init_loc)
-        scale = pyro.param(
-            f"{name}.scale",
-            lambda: torch.full((rows, *event), self.init_scale),
-            constraint=constraints.positive,
+        loc = pyro.param(f"{name}.loc", init_loc, event_dim=len(event))
+        log_scale = pyro.param(
+            f"{name}.log_scale",
+            lambda: torch.full((rows, *event), self.init_scale).log(),
+            event_dim=len(event),
         )
-        return loc, scale
+        return loc, log_scale.exp()
 
     def _tables(self, name: str, rows: int):
         """(loc, scale) of the effects and of the factors (None without factors)."""
@@ -230,23 +240,23 @@ class RatingsGuide:
         # Factors start small and random: all-zero factors would have zero gradient.
         return effect, self._table(f"{name}_factor", rows, (self.model.rank,), 0.1)
 
-    def _sample_rows(self, name: str, rows: int, uniq: torch.Tensor):
-        (e_loc, e_scale), factor = self._tables(name, rows)
-        pyro.sample(f"{name}_effect", dist.Normal(e_loc[uniq], e_scale[uniq]))
+    def _sample_rows(self, name: str, rows: int):
+        (e_loc, e_scale), factor = self._tables(name, rows)  # the plate's rows
+        pyro.sample(f"{name}_effect", dist.Normal(e_loc, e_scale))
         if factor is not None:
             f_loc, f_scale = factor
-            pyro.sample(f"{name}_factor", dist.Normal(f_loc[uniq], f_scale[uniq]).to_event(1))
+            pyro.sample(f"{name}_factor", dist.Normal(f_loc, f_scale).to_event(1))
 
     def __call__(self, user, item, x, y=None, index=None, size=None):
         m = self.model
         n = user.shape[0] if size is None else size
         self.globals(user, item, x, y=y, index=index, size=size)
         users, user_scale, _ = m._rows("user", user, m.user_counts, n)
-        with users as uniq, user_scale:
-            self._sample_rows("user", m.users, uniq)
+        with users, user_scale:
+            self._sample_rows("user", m.users)
         items, item_scale, _ = m._rows("item", item, m.item_counts, n)
-        with items as uniq, item_scale:
-            self._sample_rows("item", m.items, uniq)
+        with items, item_scale:
+            self._sample_rows("item", m.items)
 
     @torch.no_grad()
     def sample_all(self, user, item, x) -> dict:

@@ -18,6 +18,7 @@ from pyro.optim import PyroOptim
 
 from ..errors import PyrotrainError
 from ..registry import FOREACH_BY_DEFAULT, OPTIMIZERS, call_with_kwargs
+from .rows import RowFinder
 from .schedulers import build_scheduler, step_scheduler
 from .spec import DCTMark, GroupSpec, parse_groups
 
@@ -38,6 +39,39 @@ class Group:
         if self.optimizer is not None:
             return float(self.optimizer.param_groups[0][key])
         return float(self.spec.optimizer_args.get(key, float("nan")))
+
+    @property
+    def rows(self) -> RowFinder | None:
+        """The touched rows of a ``sparse`` group's parameters (None for a dense group)."""
+        return getattr(self.optimizer, "rows", None) if self.spec.sparse else None
+
+    def grads(self, params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+        """The gradients of ``params``: a sparse group's touched rows only (copies)."""
+        rows = self.rows
+        if rows is not None:
+            return rows.grads(params)
+        return Group.grads_dense(params)
+
+    @staticmethod
+    def grads_dense(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+        return [p.grad for p in params if p.grad is not None and p.grad.numel()]
+
+    def clip(self) -> None:
+        """Clip the group's gradients by value, then by norm (touched rows only if sparse)."""
+        spec = self.spec
+        if spec.clip_norm is None and spec.clip_value is None:
+            return
+        params = [p for p in self.params if p.grad is not None]
+        rows = self.rows
+        index = [rows.rows(p) if rows is not None else None for p in params]
+        grads = [p.grad if i is None else p.grad.index_select(0, i) for p, i in zip(params, index)]
+        if spec.clip_value is not None:
+            torch.nn.utils.clip_grad_value_(grads, spec.clip_value)
+        if spec.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(grads, spec.clip_norm)
+        for p, i, g in zip(params, index, grads):
+            if i is not None:
+                p.grad.index_copy_(0, i, g)  # type: ignore[union-attr]
 
     def scale_rate(self, factor: float) -> None:
         """Multiply the step size by ``factor`` in the optimizer and in its scheduler's base, so
@@ -68,6 +102,10 @@ class OptimizerStack(PyroOptim):
     :param dct_marks: which parameters DCTAdam should update in the frequency domain.
     :param total_steps: training length in steps, filled into schedulers that need it.
     :param total_epochs: training length in epochs, for ``interval: epoch`` schedulers.
+    :param row_records: whether sparse groups may take the rows Pyro recorded for each parameter
+        (``param._pyro_subsample``) as the rows a step touched; false where gradients are summed
+        over processes that each recorded their own rows (the rows are then found in the
+        gradients).
     """
 
     def __init__(
@@ -76,12 +114,14 @@ class OptimizerStack(PyroOptim):
         dct_marks: Iterable[DCTMark] = (),
         total_steps: int | None = None,
         total_epochs: int | None = None,
+        row_records: bool = True,
     ):
         # PyroOptim's constructor sets up per-parameter machinery we do not use.
         self.groups = [Group(spec) for spec in groups]
         self.dct_marks = list(dct_marks)
         self.total_steps = total_steps
         self.total_epochs = total_epochs
+        self.row_records = row_records
         self._group_of: dict[torch.Tensor, Group] = {}
         self._pending_state: dict[str, dict] = {}
 
@@ -142,6 +182,8 @@ class OptimizerStack(PyroOptim):
             return
         if group.optimizer is None:
             cls = OPTIMIZERS.get(spec.optimizer, f"{spec.key}.optimizer.name")
+            if spec.sparse:
+                cls = OPTIMIZERS.get(OPTIMIZERS.fact(spec.optimizer, "sparse"), f"{spec.key}.sparse")
             args = dict(spec.optimizer_args)
             if spec.optimizer in FOREACH_BY_DEFAULT:
                 args.setdefault("foreach", True)
@@ -155,6 +197,8 @@ class OptimizerStack(PyroOptim):
                     key=f"{spec.key}.optimizer",
                     value=spec.optimizer_args,
                 ) from e
+            if group.rows is not None:
+                group.rows.records = self.row_records
             if spec.scheduler is not None:
                 length = (
                     self.total_epochs if spec.scheduler.interval == "epoch" else self.total_steps
@@ -181,14 +225,11 @@ class OptimizerStack(PyroOptim):
                 for p in group.params:
                     if p not in params:
                         p.grad = None
-            spec = group.spec
-            if spec.clip_norm is not None or spec.clip_value is not None:
-                grads = [p for p in group.params if p.grad is not None]
-                if spec.clip_value is not None:
-                    torch.nn.utils.clip_grad_value_(grads, spec.clip_value)
-                if spec.clip_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(grads, spec.clip_norm)
+            group.clip()
             group.optimizer.step(*args, **kwargs)
+            rows = group.rows
+            if rows is not None:
+                rows.done(group.params)
 
     def step(self, loss: float | None = None) -> None:
         """Advance every ``interval: step`` scheduler; ``loss`` feeds plateau schedulers."""
@@ -218,7 +259,7 @@ class OptimizerStack(PyroOptim):
         self.assign(params)
         norms = {}
         for group in self.groups:
-            grads = [p.grad for p in group.params if p in params and p.grad is not None]
+            grads = group.grads(p for p in group.params if p in params)
             if grads:
                 norms[group.spec.name] = float(
                     torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
@@ -228,20 +269,21 @@ class OptimizerStack(PyroOptim):
     @torch.no_grad()
     def nonfinite_groups(self, params: Iterable[torch.Tensor]) -> list[str]:
         """The groups with a NaN or infinite gradient among ``params`` (usually none: one fused
-        L1 norm over all gradients decides that)."""
-        grads = [p.grad for p in params if p.grad is not None and p.grad.numel()]
+        L1 norm over all gradients decides that). Sparse groups' gradients are zero outside their
+        touched rows, so only those are looked at."""
+        params = params if isinstance(params, (set, frozenset)) else set(params)
+        grads = []
+        for p in params:
+            group = self._group_of.get(p)
+            grads.extend(group.grads([p]) if group is not None else Group.grads_dense([p]))
         # The sum of |g| is NaN or inf when any element is (or, for absurdly large gradients,
         # when it overflows: the exact check below then has the last word).
         if not grads or bool(torch.stack(torch._foreach_norm(grads, 1)).sum().isfinite()):
             return []
-        params = params if isinstance(params, (set, frozenset)) else set(params)
         return [
             g.spec.name
             for g in self.groups
-            if any(
-                p in params and p.grad is not None and not bool(p.grad.isfinite().all())
-                for p in g.params
-            )
+            if any(not bool(grad.isfinite().all()) for grad in g.grads(p for p in g.params if p in params))
         ]
 
     def scale_lr(self, names: Iterable[str], factor: float) -> None:
@@ -285,6 +327,8 @@ class OptimizerStack(PyroOptim):
                 "optimizer": "frozen" if g.spec.frozen else g.spec.optimizer,
                 "scheduler": g.spec.scheduler.name if g.spec.scheduler else None,
                 "dct": [repr(m) for m in self.dct_marks],
+                # a sparse group's state (row_step, lazily decayed sums) is its own
+                **({"sparse": True} if g.spec.sparse else {}),
             }
             for g in self.groups
         }
