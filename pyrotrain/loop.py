@@ -29,7 +29,7 @@ from .build import Run, build, torch_defaults
 from .errors import PyrotrainError, TrainingStopped
 from .io import save_params, write_json
 from .metrics import MetricsSinks, ProgressDisplay, SmoothedLoss
-from .optim.rows import TouchedRows
+from .optim.rows import TouchedRows, densify
 
 
 @dataclass
@@ -251,6 +251,8 @@ class Trainer:
             grads = [p.grad for p in params if p.grad is not None]
             if grads:
                 torch._foreach_div_(grads, self.accumulate)
+        if run.backend.size > 1:  # gradients are summed over ranks dense
+            densify(params)
         loss, stop = run.backend.reduce(params, losses / self.accumulate, signals.signum)
         norms: dict[str, float] = {}
         bad = stack.nonfinite_groups(params)

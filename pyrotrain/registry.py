@@ -291,7 +291,9 @@ def _register_builtins() -> None:
     OPTIMIZERS.register("pyro_clipped_adam", "pyro.optim.clipped_adam:ClippedAdam")
     # torch's Adam and AdamW with torch's math, updating a whole group per call (pyrotrain.optim);
     # torch_adam and torch_adamw are torch's classes (fused, capturable, differentiable).
-    OPTIMIZERS.register("adam", "pyrotrain.optim.adam:Adam", sparse="pyrotrain.optim.lazy_adam:LazyAdam")
+    OPTIMIZERS.register(
+        "adam", "pyrotrain.optim.adam:Adam", sparse="pyrotrain.optim.lazy_adam:LazyAdam"
+    )
     OPTIMIZERS.register("adamw", "pyrotrain.optim.adam:AdamW")
     # torch.optim optimizers that need no closure and take dense gradients (what SVI produces).
     for name, cls in [

@@ -61,14 +61,13 @@ class LazyClippedAdam(RowSparse, ClippedAdam):
             centered_variance=centered_variance,
         )
 
-    def _step_rows(self, group: dict, p: Tensor, index: Tensor) -> None:
-        assert p.grad is not None
+    def _step_rows(self, group: dict, p: Tensor, index: Tensor, grad: Tensor) -> None:
         beta1, beta2 = group["betas"]
         state = _moments(self.state[p], p, ("exp_avg", "exp_avg_sq"))
         state["step"] = k = int(state["step"]) + 1
         clip = group["clip_norm"]
-        g = p.grad.index_select(0, index).clamp_(-clip, clip)
-        p.grad.index_copy_(0, index, g)  # Pyro clamps p.grad in place
+        g = grad.clamp_(-clip, clip)
+        self.rows.put(p, index, g)  # Pyro clamps p.grad in place
         theta = p.index_select(0, index)
         if group["weight_decay"] != 0:
             g = g.add(theta, alpha=group["weight_decay"])
@@ -129,16 +128,13 @@ class LazyAdam(RowSparse, Adam):
             decoupled_weight_decay=decoupled_weight_decay,
         )
 
-    def _step_rows(self, group: dict, p: Tensor, index: Tensor) -> None:
-        assert p.grad is not None
+    def _step_rows(self, group: dict, p: Tensor, index: Tensor, grad: Tensor) -> None:
         beta1, beta2 = group["betas"]
         lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
         keys = self._AMSGRAD_KEYS if group["amsgrad"] else self._flat_keys
         state = _moments(self.state[p], p, keys)
         state["step"] = k = int(state["step"]) + 1
-        g = p.grad.index_select(0, index)
-        if group["maximize"]:
-            g = g.neg_()
+        g = -grad if group["maximize"] else grad
         theta = p.index_select(0, index)
         if weight_decay != 0:
             if group["decoupled_weight_decay"]:

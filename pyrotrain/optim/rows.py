@@ -4,8 +4,9 @@ A row is an index of a parameter's first dim. Pyro records the rows a subsampled
 parameter (``pyro.param(..., event_dim=...)`` inside ``pyro.plate(..., subsample=...)``) as
 ``param._pyro_subsample = {dim: indices}``, overwriting it at every access. :class:`TouchedRows`
 collects those records over every access of a step (several minibatches, several particles), so
-that the rows of a step are their union, and leaves the union on the parameter for the optimizer. Where no record exists, :func:`nonzero_rows` finds the rows with a nonzero
-gradient with one pass over the gradient.
+that the rows of a step are their union, and leaves the union on the parameter for the
+optimizer. Where no record exists, :func:`nonzero_rows` finds the rows with a nonzero gradient
+with one pass over the gradient; a sparse gradient names its rows itself.
 
 Rows are a superset of the elements with a nonzero gradient, never a subset: every element
 outside them has a zero gradient.
@@ -95,45 +96,87 @@ class TouchedRows:
                     forget([p])
 
 
+def densify(params: Any) -> None:
+    """Make the sparse gradients of ``params`` dense (for optimizers that take dense ones)."""
+    for p in params:
+        if p.grad is not None and p.grad.is_sparse:
+            p.grad = p.grad.to_dense()
+
+
 class RowFinder:
-    """Each row-tracked parameter's touched rows for the current gradient, found once per
-    gradient (the stack's checks and the optimizer ask for the same rows)."""
+    """Each row-tracked parameter's touched rows and their gradient, found once per gradient
+    (the stack's checks, its clipping and the optimizer ask for the same rows).
+
+    The rows are, first found first: those of a sparse gradient (``torch.sparse_coo``, one
+    sparse dim: what a lookup with a sparse backward gives, as ``nn.Embedding(sparse=True)``),
+    those Pyro recorded (``_pyro_subsample``, see :class:`TouchedRows`), those with a nonzero
+    gradient.
+    """
 
     def __init__(self, min_numel: int = MIN_ROW_SPARSE_NUMEL, records: bool = True):
         self.min_numel = min_numel
         #: whether Pyro's records cover the gradient: not where gradients were summed over
         #: ranks, each of which recorded its own rows (the rows are then found in the gradient)
         self.records = records
-        self._cache: dict[Tensor, tuple[weakref.ref, Tensor]] = {}
+        self._cache: dict[Tensor, tuple[weakref.ref, Tensor, Tensor]] = {}
 
     def tracked(self, p: Tensor) -> bool:
         """Whether ``p`` is updated by rows (by its shape, so it stays so)."""
         return p.dim() >= 1 and p.numel() >= self.min_numel and not p.is_complex()
 
-    def rows(self, p: Tensor) -> Tensor | None:
-        """The rows of ``p`` to update now (None: ``p`` is updated whole, or has no gradient)."""
+    def take(self, p: Tensor) -> tuple[Tensor, Tensor] | None:
+        """``(rows, gradient of those rows)`` of a tracked ``p`` with a gradient, else None.
+
+        For a sparse gradient the gradient rows are its own values (changes to them are
+        changes to ``p.grad``); for a dense one a copy: write changes back with :meth:`put`.
+        """
         grad = p.grad
         if grad is None or not self.tracked(p):
             return None
         hit = self._cache.get(p)
         if hit is not None and hit[0]() is grad:
-            return hit[1]
-        index = subsample_rows(p) if self.records else None
-        if index is None:
-            index = nonzero_rows(grad)
-        index = index.to(grad.device)
-        self._cache[p] = (weakref.ref(grad), index)
-        return index
+            return hit[1], hit[2]
+        if grad.is_sparse:
+            if grad.sparse_dim() != 1:
+                grad = p.grad = grad.to_dense()
+        if grad.is_sparse:
+            if not grad.is_coalesced():  # rows repeated (minibatches, particles): summed
+                grad = p.grad = grad.coalesce()
+            index, values = grad._indices()[0], grad._values()
+        else:
+            index = subsample_rows(p) if self.records else None
+            if index is None:
+                index = nonzero_rows(grad)
+            index = index.to(grad.device)
+            values = grad.index_select(0, index)
+        self._cache[p] = (weakref.ref(grad), index, values)
+        return index, values
+
+    def put(self, p: Tensor, index: Tensor, values: Tensor) -> None:
+        """Write changed gradient rows (from :meth:`take`) back into ``p.grad``."""
+        assert p.grad is not None
+        if not p.grad.is_sparse:
+            p.grad.index_copy_(0, index, values)
 
     def grads(self, params: Any) -> list[Tensor]:
-        """The gradients of ``params``, restricted to the touched rows of tracked ones."""
+        """The gradients of ``params``, the touched rows only of tracked ones (and the values of
+        sparse ones: the same norms, the same non-finite elements)."""
         out = []
         for p in params:
             if p.grad is None or not p.grad.numel():
                 continue
-            index = self.rows(p)
-            out.append(p.grad if index is None else p.grad.index_select(0, index))
+            taken = self.take(p)
+            if taken is not None:
+                out.append(taken[1])
+            elif p.grad.is_sparse:
+                out.append(p.grad.coalesce()._values())
+            else:
+                out.append(p.grad)
         return out
+
+    def prepare(self, params: Any) -> None:
+        """Before the step: parameters updated whole get dense gradients."""
+        densify(p for p in params if not self.tracked(p))
 
     def done(self, params: Any) -> None:
         """The step is over: forget the rows of ``params``."""
@@ -148,7 +191,8 @@ class RowSparse:
     others whole, with its parent class's update.
 
     Row-tracked parameters take the per-parameter path (``_bucket_key`` None), where
-    :meth:`_step_rows` updates ``self.rows.rows(p)``; the parent packs the rest into buckets.
+    :meth:`_step_rows` updates the rows ``self.rows.take(p)`` gives; the parent packs the rest
+    into buckets (their sparse gradients, if any, are made dense first).
     """
 
     rows: RowFinder
@@ -162,14 +206,19 @@ class RowSparse:
             return None
         return super()._bucket_key(p, attr)  # type: ignore[misc]
 
+    def _step_group(self, index: int, group: dict) -> None:
+        self.rows.prepare(group["params"])
+        super()._step_group(index, group)  # type: ignore[misc]
+
     def _step_fallback(self, group: dict, p: Tensor) -> None:
-        index = self.rows.rows(p)
-        if index is None:
+        taken = self.rows.take(p)
+        if taken is None:
             super()._step_fallback(group, p)  # type: ignore[misc]
         else:
-            self._step_rows(group, p, index)
+            self._step_rows(group, p, *taken)
 
-    def _step_rows(self, group: dict, p: Tensor, index: Tensor) -> None:
+    def _step_rows(self, group: dict, p: Tensor, index: Tensor, grad: Tensor) -> None:
+        """Update rows ``index`` of ``p``, whose gradient is ``grad``."""
         raise NotImplementedError
 
     def __getstate__(self) -> dict:

@@ -71,16 +71,15 @@ class SparseAdagradRMSProp(RowSparse, AdagradRMSProp):
             state["row_step"] = row_step
         return row_step
 
-    def _step_rows(self, group: dict, p: Tensor, index: Tensor) -> None:
-        assert p.grad is not None  # only params with a gradient are stepped
+    def _step_rows(self, group: dict, p: Tensor, index: Tensor, grad: Tensor) -> None:
         state = self.state[p]
         if "sum" not in state:
             state["sum"] = torch.zeros_like(p)
         state["step"] = int(state.get("step", 0)) + 1
         adagrad_rmsprop_rows_(
             p,
-            p.grad,
             index,
+            grad,
             state["sum"],
             self._row_step(p),
             state["step"],
@@ -92,8 +91,8 @@ class SparseAdagradRMSProp(RowSparse, AdagradRMSProp):
 
 def adagrad_rmsprop_rows_(
     p: Tensor,
-    grad: Tensor,
     index: Tensor,
+    g: Tensor,
     sum_: Tensor,
     row_step: Tensor,
     step: int,
@@ -102,9 +101,8 @@ def adagrad_rmsprop_rows_(
     delta: float,
     t: float,
 ) -> None:
-    """Pyro's AdagradRMSProp update of rows ``index`` of ``p`` at its step ``step``, with the
-    decay each row missed since its ``row_step`` (all updated in place)."""
-    g = grad.index_select(0, index)
+    """Pyro's AdagradRMSProp update of rows ``index`` of ``p`` (gradient ``g``) at its step
+    ``step``, with the decay each row missed since its ``row_step`` (all updated in place)."""
     if step == 1:
         s = g * g  # state["sum"] = grad * grad
     else:

@@ -18,7 +18,7 @@ from pyro.optim import PyroOptim
 
 from ..errors import PyrotrainError
 from ..registry import FOREACH_BY_DEFAULT, OPTIMIZERS, call_with_kwargs
-from .rows import RowFinder
+from .rows import RowFinder, densify
 from .schedulers import build_scheduler, step_scheduler
 from .spec import DCTMark, GroupSpec, parse_groups
 
@@ -54,7 +54,11 @@ class Group:
 
     @staticmethod
     def grads_dense(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
-        return [p.grad for p in params if p.grad is not None and p.grad.numel()]
+        return [
+            p.grad.coalesce()._values() if p.grad.is_sparse else p.grad
+            for p in params
+            if p.grad is not None and p.grad.numel()
+        ]
 
     def clip(self) -> None:
         """Clip the group's gradients by value, then by norm (touched rows only if sparse)."""
@@ -63,15 +67,15 @@ class Group:
             return
         params = [p for p in self.params if p.grad is not None]
         rows = self.rows
-        index = [rows.rows(p) if rows is not None else None for p in params]
-        grads = [p.grad if i is None else p.grad.index_select(0, i) for p, i in zip(params, index)]
+        taken = [rows.take(p) if rows is not None else None for p in params]
+        grads = [p.grad if t is None else t[1] for p, t in zip(params, taken, strict=True)]
         if spec.clip_value is not None:
             torch.nn.utils.clip_grad_value_(grads, spec.clip_value)
         if spec.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(grads, spec.clip_norm)
-        for p, i, g in zip(params, index, grads):
-            if i is not None:
-                p.grad.index_copy_(0, i, g)  # type: ignore[union-attr]
+        for p, t, g in zip(params, taken, grads, strict=True):
+            if t is not None and rows is not None:
+                rows.put(p, t[0], g)
 
     def scale_rate(self, factor: float) -> None:
         """Multiply the step size by ``factor`` in the optimizer and in its scheduler's base, so
@@ -183,7 +187,8 @@ class OptimizerStack(PyroOptim):
         if group.optimizer is None:
             cls = OPTIMIZERS.get(spec.optimizer, f"{spec.key}.optimizer.name")
             if spec.sparse:
-                cls = OPTIMIZERS.get(OPTIMIZERS.fact(spec.optimizer, "sparse"), f"{spec.key}.sparse")
+                variant = OPTIMIZERS.fact(spec.optimizer, "sparse")
+                cls = OPTIMIZERS.get(variant, f"{spec.key}.sparse")
             args = dict(spec.optimizer_args)
             if spec.optimizer in FOREACH_BY_DEFAULT:
                 args.setdefault("foreach", True)
@@ -225,9 +230,13 @@ class OptimizerStack(PyroOptim):
                 for p in group.params:
                     if p not in params:
                         p.grad = None
+            rows = group.rows
+            if rows is None:
+                densify(group.params)  # a lookup's sparse gradient, for a dense optimizer
+            else:
+                rows.prepare(group.params)
             group.clip()
             group.optimizer.step(*args, **kwargs)
-            rows = group.rows
             if rows is not None:
                 rows.done(group.params)
 
@@ -283,7 +292,10 @@ class OptimizerStack(PyroOptim):
         return [
             g.spec.name
             for g in self.groups
-            if any(not bool(grad.isfinite().all()) for grad in g.grads(p for p in g.params if p in params))
+            if any(
+                not bool(grad.isfinite().all())
+                for grad in g.grads(p for p in g.params if p in params)
+            )
         ]
 
     def scale_lr(self, names: Iterable[str], factor: float) -> None:
