@@ -128,6 +128,9 @@ class LazyAdam(RowSparse, Adam):
             decoupled_weight_decay=decoupled_weight_decay,
         )
 
+    def _special_params(self, group: dict, params: list[Tensor], grads: list) -> list[int]:
+        return []  # sparse gradients: rows of tracked params; the others were made dense
+
     def _step_rows(self, group: dict, p: Tensor, index: Tensor, grad: Tensor) -> None:
         beta1, beta2 = group["betas"]
         lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]

@@ -118,7 +118,8 @@ class RowFinder:
         #: whether Pyro's records cover the gradient: not where gradients were summed over
         #: ranks, each of which recorded its own rows (the rows are then found in the gradient)
         self.records = records
-        self._cache: dict[Tensor, tuple[weakref.ref, Tensor, Tensor]] = {}
+        # p -> (its gradient, the gradient's version, rows, gradient rows)
+        self._cache: dict[Tensor, tuple[weakref.ref, int, Tensor, Tensor]] = {}
 
     def tracked(self, p: Tensor) -> bool:
         """Whether ``p`` is updated by rows (by its shape, so it stays so)."""
@@ -134,8 +135,8 @@ class RowFinder:
         if grad is None or not self.tracked(p):
             return None
         hit = self._cache.get(p)
-        if hit is not None and hit[0]() is grad:
-            return hit[1], hit[2]
+        if hit is not None and hit[0]() is grad and hit[1] == grad._version:
+            return hit[2], hit[3]
         if grad.is_sparse:
             if grad.sparse_dim() != 1:
                 grad = p.grad = grad.to_dense()
@@ -149,7 +150,7 @@ class RowFinder:
                 index = nonzero_rows(grad)
             index = index.to(grad.device)
             values = grad.index_select(0, index)
-        self._cache[p] = (weakref.ref(grad), index, values)
+        self._cache[p] = (weakref.ref(grad), grad._version, index, values)
         return index, values
 
     def put(self, p: Tensor, index: Tensor, values: Tensor) -> None:
@@ -157,6 +158,9 @@ class RowFinder:
         assert p.grad is not None
         if not p.grad.is_sparse:
             p.grad.index_copy_(0, index, values)
+            hit = self._cache.get(p)
+            if hit is not None and hit[3] is values:  # the cached rows are these
+                self._cache[p] = (hit[0], p.grad._version, index, values)
 
     def grads(self, params: Any) -> list[Tensor]:
         """The gradients of ``params``, the touched rows only of tracked ones (and the values of
@@ -228,6 +232,9 @@ class RowSparse:
         return state
 
     def __setstate__(self, state: dict) -> None:
-        min_numel, records = state.pop("_row_settings", (MIN_ROW_SPARSE_NUMEL, True))
+        # torch's load_state_dict calls this too, with the state only: keep the settings then
+        current = self.__dict__.get("rows")
+        settings = (current.min_numel, current.records) if current else (MIN_ROW_SPARSE_NUMEL, True)
+        min_numel, records = state.pop("_row_settings", settings)
         super().__setstate__(state)  # type: ignore[misc]
         self.rows = RowFinder(min_numel, records)

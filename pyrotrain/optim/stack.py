@@ -67,14 +67,24 @@ class Group:
             return
         params = [p for p in self.params if p.grad is not None]
         rows = self.rows
-        taken = [rows.take(p) if rows is not None else None for p in params]
+        if rows is None:
+            if spec.clip_value is not None:
+                torch.nn.utils.clip_grad_value_(params, spec.clip_value)
+            if spec.clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, spec.clip_norm)
+            return
+        # torch's clipping, on the touched rows' gradients (the rest are zero)
+        taken = [rows.take(p) for p in params]
         grads = [p.grad if t is None else t[1] for p, t in zip(params, taken, strict=True)]
         if spec.clip_value is not None:
-            torch.nn.utils.clip_grad_value_(grads, spec.clip_value)
+            torch._foreach_clamp_min_(grads, -spec.clip_value)
+            torch._foreach_clamp_max_(grads, spec.clip_value)
         if spec.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(grads, spec.clip_norm)
+            total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            coef = torch.clamp(spec.clip_norm / (total + 1e-6), max=1.0)
+            torch._foreach_mul_(grads, coef)
         for p, t, g in zip(params, taken, grads, strict=True):
-            if t is not None and rows is not None:
+            if t is not None:
                 rows.put(p, t[0], g)
 
     def scale_rate(self, factor: float) -> None:
