@@ -131,24 +131,24 @@ class RowFinder:
         For a sparse gradient the gradient rows are its own values (changes to them are
         changes to ``p.grad``); for a dense one a copy: write changes back with :meth:`put`.
         """
-        grad = p.grad
+        grad: Tensor | None = p.grad
         if grad is None or not self.tracked(p):
             return None
         hit = self._cache.get(p)
-        if hit is not None and hit[0]() is grad and hit[1] == grad._version:
+        version: int = grad._version  # type: ignore[union-attr]
+        if hit is not None and hit[0]() is grad and hit[1] == version:
             return hit[2], hit[3]
-        if grad.is_sparse:
-            if grad.sparse_dim() != 1:
-                grad = p.grad = grad.to_dense()
+        if grad.is_sparse and grad.sparse_dim() != 1:
+            grad = grad.to_dense()
+            p.grad = grad
         if grad.is_sparse:
             if not grad.is_coalesced():  # rows repeated (minibatches, particles): summed
-                grad = p.grad = grad.coalesce()
+                grad = grad.coalesce()
+                p.grad = grad
             index, values = grad._indices()[0], grad._values()
         else:
-            index = subsample_rows(p) if self.records else None
-            if index is None:
-                index = nonzero_rows(grad)
-            index = index.to(grad.device)
+            recorded = subsample_rows(p) if self.records else None
+            index = (recorded if recorded is not None else nonzero_rows(grad)).to(grad.device)
             values = grad.index_select(0, index)
         self._cache[p] = (weakref.ref(grad), grad._version, index, values)
         return index, values
@@ -226,7 +226,7 @@ class RowSparse:
         raise NotImplementedError
 
     def __getstate__(self) -> dict:
-        state = super().__getstate__()  # type: ignore[misc]
+        state: dict = super().__getstate__()  # type: ignore[misc,assignment]
         state.pop("rows", None)  # its cache holds weak references
         state["_row_settings"] = (self.rows.min_numel, self.rows.records)
         return state

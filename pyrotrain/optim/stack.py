@@ -75,7 +75,10 @@ class Group:
             return
         # torch's clipping, on the touched rows' gradients (the rest are zero)
         taken = [rows.take(p) for p in params]
-        grads = [p.grad if t is None else t[1] for p, t in zip(params, taken, strict=True)]
+        grads = [
+            cast(torch.Tensor, p.grad) if t is None else t[1]
+            for p, t in zip(params, taken, strict=True)
+        ]
         if spec.clip_value is not None:
             torch._foreach_clamp_min_(grads, -spec.clip_value)
             torch._foreach_clamp_max_(grads, spec.clip_value)
