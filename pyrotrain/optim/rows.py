@@ -96,6 +96,17 @@ class TouchedRows:
                     forget([p])
 
 
+def coalesced(grad: Tensor) -> Tensor:
+    """``grad`` (sparse) with its rows unique and sorted. Autograd drops the flag that says a
+    gradient already is (a lookup of a plate's sorted ids gives one); one pass checks it."""
+    if grad.is_coalesced():
+        return grad
+    index = grad._indices()
+    if index.shape[0] == 1 and bool((index[0, 1:] > index[0, :-1]).all()):
+        return grad._coalesced_(True)
+    return grad.coalesce()
+
+
 def densify(params: Any) -> None:
     """Make the sparse gradients of ``params`` dense (for optimizers that take dense ones)."""
     for p in params:
@@ -143,7 +154,7 @@ class RowFinder:
             p.grad = grad
         if grad.is_sparse:
             if not grad.is_coalesced():  # rows repeated (minibatches, particles): summed
-                grad = grad.coalesce()
+                grad = coalesced(grad)
                 p.grad = grad
             index, values = grad._indices()[0], grad._values()
         else:
@@ -173,7 +184,7 @@ class RowFinder:
             if taken is not None:
                 out.append(taken[1])
             elif p.grad.is_sparse:
-                out.append(p.grad.coalesce()._values())
+                out.append(coalesced(p.grad)._values())
             else:
                 out.append(p.grad)
         return out

@@ -18,7 +18,7 @@ from pyro.optim import PyroOptim
 
 from ..errors import PyrotrainError
 from ..registry import FOREACH_BY_DEFAULT, OPTIMIZERS, call_with_kwargs
-from .rows import RowFinder, densify
+from .rows import RowFinder, coalesced, densify
 from .schedulers import build_scheduler, step_scheduler
 from .spec import DCTMark, GroupSpec, parse_groups
 
@@ -55,7 +55,7 @@ class Group:
     @staticmethod
     def grads_dense(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
         return [
-            p.grad.coalesce()._values() if p.grad.is_sparse else p.grad
+            coalesced(p.grad)._values() if p.grad.is_sparse else p.grad
             for p in params
             if p.grad is not None and p.grad.numel()
         ]
