@@ -8,7 +8,6 @@ import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
-from pyro.distributions import constraints
 from pyro.infer.autoguide import AutoNormal
 
 from pyrotrain.data import split
@@ -87,12 +86,18 @@ class SparseRatings:
     training ratings have no data: their posterior is their prior, which :meth:`evaluate` uses.
 
     The guide (``guide=model``) is mean-field Normal: an AutoNormal over the globals, and
-    ``{user,item}_{effect,factor}.{loc,scale}`` tables for the rows.
+    ``{user,item}_{effect,factor}.{loc,log_scale}`` tables for the rows (the scales are stored
+    as their logs and exponentiated for the batch's rows only).
 
     :param rank: columns of the user and item factors ``p``, ``q`` (0: effects only).
+    :param sparse_grad: the guide looks up the batch's rows with a sparse backward: the
+        gradients of its tables are sparse tensors of those rows (as ``nn.Embedding(sparse=True)``
+        gives), so a backward pass costs the batch, not the tables. Needs an optimizer that takes
+        them: a ``sparse: true`` group (or a dense group, which makes them dense first); Pyro's
+        optimizers refuse them. Off: Pyro indexes the tables and the gradients are dense.
     """
 
-    def __init__(self, data, rank: int = 2):
+    def __init__(self, data, rank: int = 2, sparse_grad: bool = False):
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
             raise PyrotrainError(
                 "rank must be a non-negative integer", key="model.rank", value=rank
@@ -105,7 +110,12 @@ class SparseRatings:
                     value=sorted(data.train),
                     hint="Use data=ratings, or a loader that yields user, item, x and y",
                 )
+        if not isinstance(sparse_grad, bool):
+            raise PyrotrainError(
+                "sparse_grad must be true or false", key="model.sparse_grad", value=sparse_grad
+            )
         self.rank = rank
+        self.sparse_grad = sparse_grad
         self.features = data.train["x"].shape[-1]
         user, item = data.train["user"], data.train["item"]
         # Ids run from 0; without counts in info, the largest id seen anywhere sets the size.
@@ -203,39 +213,53 @@ def _needs_own_guide(name: str) -> PyrotrainError:
 
 
 class RatingsGuide:
-    """Mean-field Normal guide: AutoNormal for the globals, loc/scale tables for the rows."""
+    """Mean-field Normal guide: AutoNormal for the globals, loc/scale tables for the rows, read
+    inside the users' and items' subsampled plates so that a step touches the batch's rows."""
 
     def __init__(self, model: SparseRatings, init_scale: float = 0.1):
         self.model = model
         self.init_scale = init_scale
         self.globals = AutoNormal(poutine.block(model, expose=list(GLOBALS)))
 
-    def _table(self, name: str, rows: int, event: tuple[int, ...], spread: float):
+    def _table(self, name: str, rows: int, event: tuple[int, ...], spread: float, uniq=None):
+        """(loc, scale) of a table: its rows ``uniq`` inside the surrounding subsampled plate,
+        else all rows.
+
+        Inside the plate Pyro indexes the stored tensors (``event_dim``) and records the rows
+        (``_pyro_subsample``, which sparse optimizer groups read); with ``sparse_grad`` the
+        guide indexes them itself, with a sparse backward. The scale is stored as its log (the
+        unconstrained value a ``constraints.positive`` parameter would hold) and exponentiated
+        after indexing, so a step transforms the batch's rows only.
+        """
+
         def init_loc():
             return spread * torch.randn(rows, *event)
 
-        loc = pyro.param(f"{name}.loc", init_loc)
-        scale = pyro.param(
-            f"{name}.scale",
-            lambda: torch.full((rows, *event), self.init_scale),
-            constraint=constraints.positive,
-        )
-        return loc, scale
+        def init_log_scale():
+            return torch.full((rows, *event), self.init_scale).log()
 
-    def _tables(self, name: str, rows: int):
+        if uniq is not None and self.model.sparse_grad:
+            loc = take_rows(pyro.param(f"{name}.loc", init_loc), uniq)
+            log_scale = take_rows(pyro.param(f"{name}.log_scale", init_log_scale), uniq)
+        else:
+            loc = pyro.param(f"{name}.loc", init_loc, event_dim=len(event))
+            log_scale = pyro.param(f"{name}.log_scale", init_log_scale, event_dim=len(event))
+        return loc, log_scale.exp()
+
+    def _tables(self, name: str, rows: int, uniq=None):
         """(loc, scale) of the effects and of the factors (None without factors)."""
-        effect = self._table(f"{name}_effect", rows, (), 0.0)
+        effect = self._table(f"{name}_effect", rows, (), 0.0, uniq)
         if not self.model.rank:
             return effect, None
         # Factors start small and random: all-zero factors would have zero gradient.
-        return effect, self._table(f"{name}_factor", rows, (self.model.rank,), 0.1)
+        return effect, self._table(f"{name}_factor", rows, (self.model.rank,), 0.1, uniq)
 
-    def _sample_rows(self, name: str, rows: int, uniq: torch.Tensor):
-        (e_loc, e_scale), factor = self._tables(name, rows)
-        pyro.sample(f"{name}_effect", dist.Normal(e_loc[uniq], e_scale[uniq]))
+    def _sample_rows(self, name: str, rows: int, uniq):
+        (e_loc, e_scale), factor = self._tables(name, rows, uniq)  # the plate's rows
+        pyro.sample(f"{name}_effect", dist.Normal(e_loc, e_scale))
         if factor is not None:
             f_loc, f_scale = factor
-            pyro.sample(f"{name}_factor", dist.Normal(f_loc[uniq], f_scale[uniq]).to_event(1))
+            pyro.sample(f"{name}_factor", dist.Normal(f_loc, f_scale).to_event(1))
 
     def __call__(self, user, item, x, y=None, index=None, size=None):
         m = self.model
@@ -267,3 +291,30 @@ class RatingsGuide:
                 prior = 0.5 * torch.randn_like(f_loc)
                 g[f"{name}_factor"] = torch.where(seen[:, None], factor, prior)
         return g
+
+
+class _TakeRows(torch.autograd.Function):
+    """``table.index_select(0, index)`` whose backward is a sparse tensor of the index's rows."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(index)
+        ctx.shape = table.shape
+        return table.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (index,) = ctx.saved_tensors
+        sparse = torch.sparse_coo_tensor(
+            index.unsqueeze(0),
+            grad.contiguous(),
+            ctx.shape,
+            is_coalesced=True,  # the plate's ids are unique and sorted
+            check_invariants=False,
+        )
+        return sparse, None
+
+
+def take_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` (unique, sorted) of ``table``; its gradient is sparse (only those rows)."""
+    return _TakeRows.apply(table, index)

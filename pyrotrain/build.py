@@ -114,7 +114,12 @@ def build(cfg: RunConfig | DictConfig | dict[str, Any], run_dir: Path | None = N
     total_epochs = trainer.epochs or math.ceil(total_steps / steps_per_epoch)
     groups = _scaled_rates(config, backend.lr_scale)
     stack = OptimizerStack(
-        groups, config.dct_marks, total_steps=total_steps, total_epochs=total_epochs
+        groups,
+        config.dct_marks,
+        total_steps=total_steps,
+        total_epochs=total_epochs,
+        # each rank records its own rows; the summed gradients cover every rank's
+        row_records=backend.size == 1,
     )
     guide = stack.mark_guide(guide)  # dct: [{plate: ...}] marks what the guide creates there
     shape = shape_of(config.plain, stack.layout(), backend.size)

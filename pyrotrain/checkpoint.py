@@ -138,7 +138,8 @@ def shape_of(config: dict[str, Any], groups: dict[str, dict], world_size: int) -
         **{k: config.get(k) for k in _SHAPE_KEYS},
         "trainer": {k: trainer.get(k) for k in _TRAINER_SHAPE_KEYS},
         "optim.groups": {
-            name: {k: g[k] for k in ("params", "optimizer", "scheduler", "dct")}
+            # "sparse" only where set, so that older checkpoints keep their shape
+            name: {k: g[k] for k in ("params", "optimizer", "scheduler", "dct", "sparse") if k in g}
             for name, g in groups.items()
         },
         "world_size": world_size,

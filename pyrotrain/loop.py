@@ -31,6 +31,7 @@ from .build import Run, build, torch_defaults
 from .errors import PyrotrainError, TrainingStopped
 from .io import save_params, write_json
 from .metrics import MetricsSinks, ProgressDisplay, SmoothedLoss, screen
+from .optim.rows import TouchedRows, densify
 from .registry import describe_exception
 
 
@@ -90,15 +91,27 @@ class _CollectParams(Messenger):
     from ``poutine.trace(param_only=True)``, without building a trace (a dict copy per access).
 
     As in a trace, the last value seen under a name wins: a PyroModule setting up its parameters
-    replaces the store's first tensor for a name with an ``nn.Parameter``.
+    replaces the store's first tensor for a name with an ``nn.Parameter``. ``rows`` notes the
+    rows of each parameter that subsampled plates took (for sparse groups).
     """
 
     def __enter__(self) -> _CollectParams:
         self._values: dict[str, torch.Tensor] = {}
+        self.rows = TouchedRows()
         return super().__enter__()
 
     def _pyro_post_param(self, msg: dict) -> None:
         self._values[msg["name"]] = msg["value"]
+        # A plate inside this messenger subsamples the value after this point; the message's
+        # continuation runs after every messenger, and sees the rows it took.
+        then = msg["continuation"]
+
+        def record(msg: dict) -> None:
+            if then is not None:
+                then(msg)
+            self.rows.record(msg)
+
+        msg["continuation"] = record
 
     @property
     def params(self) -> set[torch.Tensor]:
@@ -242,6 +255,8 @@ class Trainer:
             grads = [p.grad for p in params if p.grad is not None]
             if grads:
                 torch._foreach_div_(grads, self.accumulate)
+        if run.backend.size > 1:  # gradients are summed over ranks dense
+            densify(params)
         loss, stop = run.backend.reduce(params, losses / self.accumulate, signals.signum)
         norms: dict[str, float] = {}
         bad = stack.nonfinite_groups(params)
@@ -271,6 +286,7 @@ class Trainer:
         refused a non-finite argument (how NaN usually shows in Pyro), its message: the step is
         then lost, with the data order kept in step."""
         params: set[torch.Tensor] = set()
+        touched = TouchedRows()
         losses, rows, invalid = 0.0, 0, None
         for _ in range(self.accumulate):
             self._epoch_of_last_batch, index = next(batches)
@@ -286,6 +302,8 @@ class Trainer:
                 invalid = str(e).splitlines()[0]
                 continue
             params |= capture.params
+            touched.update(capture.rows)
+        touched.publish()  # the rows of every minibatch, for sparse groups
         if invalid is not None:
             params, losses = self._last_params, float("nan")
             for p in params:

@@ -292,9 +292,18 @@ FOREACH_BY_DEFAULT = frozenset(
 def _register_builtins() -> None:
     # Pyro's optimizers with Pyro's math, updating a whole group per call (pyrotrain.optim);
     # the pyro_* names keep Pyro's per-parameter originals for comparison.
-    OPTIMIZERS.register("adagrad_rmsprop", "pyrotrain.optim.adagrad_rmsprop:AdagradRMSProp")
+    # sparse: the row-sparse class a group with sparse: true uses (pyrotrain.optim.rows)
+    OPTIMIZERS.register(
+        "adagrad_rmsprop",
+        "pyrotrain.optim.adagrad_rmsprop:AdagradRMSProp",
+        sparse="pyrotrain.optim.sparse_adagrad_rmsprop:SparseAdagradRMSProp",
+    )
     OPTIMIZERS.register("dct_adam", "pyrotrain.optim.dct_adam:DCTAdam")
-    OPTIMIZERS.register("clipped_adam", "pyrotrain.optim.clipped_adam:ClippedAdam")
+    OPTIMIZERS.register(
+        "clipped_adam",
+        "pyrotrain.optim.clipped_adam:ClippedAdam",
+        sparse="pyrotrain.optim.lazy_adam:LazyClippedAdam",
+    )
     # Pyro's class cannot carry a rate_key attribute, so its entry declares it.
     OPTIMIZERS.register(
         "pyro_adagrad_rmsprop", "pyro.optim.adagrad_rmsprop:AdagradRMSProp", rate_key="eta"
@@ -303,7 +312,9 @@ def _register_builtins() -> None:
     OPTIMIZERS.register("pyro_clipped_adam", "pyro.optim.clipped_adam:ClippedAdam")
     # torch's Adam and AdamW with torch's math, updating a whole group per call (pyrotrain.optim);
     # torch_adam and torch_adamw are torch's classes (fused, capturable, differentiable).
-    OPTIMIZERS.register("adam", "pyrotrain.optim.adam:Adam")
+    OPTIMIZERS.register(
+        "adam", "pyrotrain.optim.adam:Adam", sparse="pyrotrain.optim.lazy_adam:LazyAdam"
+    )
     OPTIMIZERS.register("adamw", "pyrotrain.optim.adam:AdamW")
     # torch.optim optimizers that need no closure and take dense gradients (what SVI produces).
     for name, cls in [

@@ -10,7 +10,7 @@ number. ``--quick`` passes ``--quick`` to each benchmark and should finish in un
 
 Usage::
 
-    python scripts/bench.py [--quick] [--only e2e,optim,scaling,convergence] [--no-run]
+    python scripts/bench.py [--quick] [--only e2e,optim,scaling,convergence,sparse] [--no-run]
 
 ``--only`` re-runs the named benchmarks and keeps the others' figures from the last run
 (results.md names them and their date); ``--no-run`` only re-gathers the JSON files in bench/.
@@ -36,6 +36,7 @@ SCRIPTS = {
     "e2e": "bench_e2e.py",
     "convergence": "bench_convergence.py",
     "scaling": "bench_scaling.py",
+    "sparse": "bench_sparse.py",
 }
 
 
@@ -104,6 +105,55 @@ def _rows_e2e(report: dict) -> list[dict]:
     return rows
 
 
+def _rows_sparse(report: dict) -> list[dict]:
+    reference = "hand-written pyro.infer.SVI + pyro.optim.AdagradRMSProp (dense)"
+    summary = report["summary"]
+    rows = []
+    for r in report["results"]:
+        largest = r is report["results"][-1]
+        rows.append(
+            {
+                "benchmark": f"sparse/{r['items']:,} items",
+                "unit": "steps/s",
+                "pyrotrain": r["pyrotrain_steps_per_s"],
+                "reference": r["reference_steps_per_s"],
+                "reference_name": reference,
+                "ratio": r["ratio"],
+                "spread": r["spread"],
+                "target": summary["speed_target"] if largest else None,
+            }
+        )
+    top = report["results"][-1]
+    rows.append(
+        {
+            "benchmark": f"sparse-memory/{top['items']:,} items",
+            "unit": "peak RSS MB (lower is better)",
+            "pyrotrain": top["pyrotrain_peak_rss_mb"],
+            "reference": top["reference_peak_rss_mb"],
+            "reference_name": reference,
+            "ratio": 1 / top["peak_rss_ratio"],
+            "spread": [1 / x for x in reversed(top["peak_rss_spread"])],
+            "target": 1 / summary["memory_target"],
+        }
+    )
+    first = report["results"][0]
+    rows.append(
+        {
+            "benchmark": f"sparse/steps/s at {top['items']:,} over {first['items']:,} items",
+            "unit": "fraction kept (higher is better)",
+            "pyrotrain": summary["own_ratio"],
+            "reference": summary["reference_own_ratio"],
+            "reference_name": reference,
+            "ratio": summary["own_ratio"] / summary["reference_own_ratio"],
+            "spread": summary["own_spread"],
+            "target": None,
+            "absolute_target": summary["own_target"],
+            "note": "spread: pyrotrain's own fraction per repeat",
+        }
+    )
+    return rows
+
+
 def _rows_scaling(report: dict) -> list[dict]:
     rows = []
     by_batch: dict[int, dict] = {}
@@ -162,6 +212,7 @@ ROWS = {
     "e2e": _rows_e2e,
     "scaling": _rows_scaling,
     "convergence": _rows_convergence,
+    "sparse": _rows_sparse,
 }
 
 

@@ -35,6 +35,8 @@ RESUME_CASES = {
     "regression-adam": ["model=regression"],
     "timeseries-dct_adam": ["experiment=timeseries_dct"],
     "sparse-adagrad_rmsprop": ["model=sparse"],
+    # 5000 items: row-tracked item tables, with per-row step counters in the state
+    "sparse-rows": ["model=sparse", "data.items=5000", "data.observations=4000"],
     "neural-multi-warmup_cosine": ["experiment=neural_multi", "trainer.batch_size=64"],
     "regression-step_scheduler": ["model=regression", "scheduler=step"],
 }

@@ -206,6 +206,11 @@ class GroupConfig:
     )
     clip: ClipConfig | None = setting("gradient clipping before the optimizer step", default=None)
     frozen: bool = setting("never update these parameters", default=False)
+    sparse: bool = setting(
+        "update only the rows of large parameters that a step touched (adagrad_rmsprop: the "
+        "dense result; adam, clipped_adam: lazy, as torch.optim.SparseAdam); docs/optimizers.md",
+        default=False,
+    )
     optional: bool = setting("no error when the group matches no parameter", default=False)
 
     def check(self, key: str) -> None:
@@ -220,6 +225,14 @@ class GroupConfig:
         name, args = self.optimizer.name, self.optimizer.kwargs
         cls = OPTIMIZERS.get(name, f"{key}.optimizer.name")
         check_kwargs(cls, args, f"{key}.optimizer", n_positional=1)
+        if self.sparse and OPTIMIZERS.fact(name, "sparse") is None:
+            raise PyrotrainError(
+                f"optimizer '{name}' has no row-sparse variant",
+                key=f"{key}.sparse",
+                value=True,
+                choices=[n for n in OPTIMIZERS.names() if OPTIMIZERS.fact(n, "sparse")],
+                hint="Use one of these optimizers, or sparse: false",
+            )
         rate = rate_key(name, f"{key}.optimizer.name")
         if rate is not None and rate in args:
             value = args[rate]
@@ -291,6 +304,7 @@ class GroupSpec:
     frozen: bool = False
     optional: bool = False
     rate: str | None = None
+    sparse: bool = False
 
     @property
     def key(self) -> str:
@@ -341,6 +355,7 @@ def group_specs(
                 frozen=g.frozen,
                 optional=g.optional,
                 rate=rate,
+                sparse=g.sparse and not g.frozen,
             )
         )
     marks = [

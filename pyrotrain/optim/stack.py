@@ -19,6 +19,7 @@ from pyro.optim import PyroOptim
 
 from ..errors import PyrotrainError, PyrotrainWarning
 from ..registry import FOREACH_BY_DEFAULT, OPTIMIZERS, call_with_kwargs
+from .rows import RowFinder, coalesced, densify
 from .schedulers import build_scheduler, step_scheduler
 from .spec import DCTMark, GroupSpec, parse_groups
 
@@ -39,6 +40,56 @@ class Group:
         if self.optimizer is not None:
             return float(self.optimizer.param_groups[0][key])
         return float(self.spec.optimizer_args.get(key, float("nan")))
+
+    @property
+    def rows(self) -> RowFinder | None:
+        """The touched rows of a ``sparse`` group's parameters (None for a dense group)."""
+        return getattr(self.optimizer, "rows", None) if self.spec.sparse else None
+
+    def grads(self, params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+        """The gradients of ``params``: a sparse group's touched rows only (copies)."""
+        rows = self.rows
+        if rows is not None:
+            return rows.grads(params)
+        return Group.grads_dense(params)
+
+    @staticmethod
+    def grads_dense(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+        return [
+            coalesced(p.grad)._values() if p.grad.is_sparse else p.grad
+            for p in params
+            if p.grad is not None and p.grad.numel()
+        ]
+
+    def clip(self) -> None:
+        """Clip the group's gradients by value, then by norm (touched rows only if sparse)."""
+        spec = self.spec
+        if spec.clip_norm is None and spec.clip_value is None:
+            return
+        params = [p for p in self.params if p.grad is not None]
+        rows = self.rows
+        if rows is None:
+            if spec.clip_value is not None:
+                torch.nn.utils.clip_grad_value_(params, spec.clip_value)
+            if spec.clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, spec.clip_norm)
+            return
+        # torch's clipping, on the touched rows' gradients (the rest are zero)
+        taken = [rows.take(p) for p in params]
+        grads = [
+            cast(torch.Tensor, p.grad) if t is None else t[1]
+            for p, t in zip(params, taken, strict=True)
+        ]
+        if spec.clip_value is not None:
+            torch._foreach_clamp_min_(grads, -spec.clip_value)
+            torch._foreach_clamp_max_(grads, spec.clip_value)
+        if spec.clip_norm is not None:
+            total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            coef = torch.clamp(spec.clip_norm / (total + 1e-6), max=1.0)
+            torch._foreach_mul_(grads, coef)
+        for p, t, g in zip(params, taken, grads, strict=True):
+            if t is not None:
+                rows.put(p, t[0], g)
 
     def scale_rate(self, factor: float) -> None:
         """Multiply the step size by ``factor`` in the optimizer and in its scheduler's base, so
@@ -69,6 +120,10 @@ class OptimizerStack(PyroOptim):
     :param dct_marks: which parameters DCTAdam should update in the frequency domain.
     :param total_steps: training length in steps, filled into schedulers that need it.
     :param total_epochs: training length in epochs, for ``interval: epoch`` schedulers.
+    :param row_records: whether sparse groups may take the rows Pyro recorded for each parameter
+        (``param._pyro_subsample``) as the rows a step touched; false where gradients are summed
+        over processes that each recorded their own rows (the rows are then found in the
+        gradients).
     """
 
     def __init__(
@@ -77,12 +132,14 @@ class OptimizerStack(PyroOptim):
         dct_marks: Iterable[DCTMark] = (),
         total_steps: int | None = None,
         total_epochs: int | None = None,
+        row_records: bool = True,
     ):
         # PyroOptim's constructor sets up per-parameter machinery we do not use.
         self.groups = [Group(spec) for spec in groups]
         self.dct_marks = list(dct_marks)
         self.total_steps = total_steps
         self.total_epochs = total_epochs
+        self.row_records = row_records
         self._group_of: dict[torch.Tensor, Group] = {}
         self._pending_state: dict[str, dict] = {}
         self._plates_checked = False
@@ -175,6 +232,9 @@ class OptimizerStack(PyroOptim):
             return
         if group.optimizer is None:
             cls = OPTIMIZERS.get(spec.optimizer, f"{spec.key}.optimizer.name")
+            if spec.sparse:
+                variant = OPTIMIZERS.fact(spec.optimizer, "sparse")
+                cls = OPTIMIZERS.get(variant, f"{spec.key}.sparse")
             args = dict(spec.optimizer_args)
             if spec.optimizer in FOREACH_BY_DEFAULT:
                 args.setdefault("foreach", True)
@@ -188,6 +248,8 @@ class OptimizerStack(PyroOptim):
                     key=f"{spec.key}.optimizer",
                     value=spec.optimizer_args,
                 ) from e
+            if group.rows is not None:
+                group.rows.records = self.row_records
             if spec.scheduler is not None:
                 length = (
                     self.total_epochs if spec.scheduler.interval == "epoch" else self.total_steps
@@ -214,14 +276,15 @@ class OptimizerStack(PyroOptim):
                 for p in group.params:
                     if p not in params:
                         p.grad = None
-            spec = group.spec
-            if spec.clip_norm is not None or spec.clip_value is not None:
-                grads = [p for p in group.params if p.grad is not None]
-                if spec.clip_value is not None:
-                    torch.nn.utils.clip_grad_value_(grads, spec.clip_value)
-                if spec.clip_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(grads, spec.clip_norm)
+            rows = group.rows
+            if rows is None:
+                densify(group.params)  # a lookup's sparse gradient, for a dense optimizer
+            else:
+                rows.prepare(group.params)
+            group.clip()
             group.optimizer.step(*args, **kwargs)
+            if rows is not None:
+                rows.done(group.params)
 
     def step(self, loss: float | None = None) -> None:
         """Advance every ``interval: step`` scheduler; ``loss`` feeds plateau schedulers."""
@@ -251,7 +314,7 @@ class OptimizerStack(PyroOptim):
         self.assign(params)
         norms = {}
         for group in self.groups:
-            grads = [p.grad for p in group.params if p in params and p.grad is not None]
+            grads = group.grads(p for p in group.params if p in params)
             if grads:
                 norms[group.spec.name] = float(
                     torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
@@ -261,19 +324,23 @@ class OptimizerStack(PyroOptim):
     @torch.no_grad()
     def nonfinite_groups(self, params: Iterable[torch.Tensor]) -> list[str]:
         """The groups with a NaN or infinite gradient among ``params`` (usually none: one fused
-        L1 norm over all gradients decides that)."""
-        grads = [p.grad for p in params if p.grad is not None and p.grad.numel()]
+        L1 norm over all gradients decides that). Sparse groups' gradients are zero outside their
+        touched rows, so only those are looked at."""
+        params = params if isinstance(params, (set, frozenset)) else set(params)
+        grads = []
+        for p in params:
+            group = self._group_of.get(p)
+            grads.extend(group.grads([p]) if group is not None else Group.grads_dense([p]))
         # The sum of |g| is NaN or inf when any element is (or, for absurdly large gradients,
         # when it overflows: the exact check below then has the last word).
         if not grads or bool(torch.stack(torch._foreach_norm(grads, 1)).sum().isfinite()):
             return []
-        params = params if isinstance(params, (set, frozenset)) else set(params)
         return [
             g.spec.name
             for g in self.groups
             if any(
-                p in params and p.grad is not None and not bool(p.grad.isfinite().all())
-                for p in g.params
+                not bool(grad.isfinite().all())
+                for grad in g.grads(p for p in g.params if p in params)
             )
         ]
 
@@ -318,6 +385,8 @@ class OptimizerStack(PyroOptim):
                 "optimizer": "frozen" if g.spec.frozen else g.spec.optimizer,
                 "scheduler": g.spec.scheduler.name if g.spec.scheduler else None,
                 "dct": [repr(m) for m in self.dct_marks],
+                # a sparse group's state (row_step, lazily decayed sums) is its own
+                **({"sparse": True} if g.spec.sparse else {}),
             }
             for g in self.groups
         }
