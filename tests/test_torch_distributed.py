@@ -82,7 +82,9 @@ class Job:
     """A torchrun job: its launcher process(es), output and what rank 1 wrote."""
 
     def __init__(self, tmp: Path, cwd: Path, args: list[str], launcher: list[str] | None = None):
+        assert cwd not in (tmp, *tmp.parents), "the write recorder's files stay outside cwd"
         self.tmp, self.cwd = tmp, cwd
+        cwd.mkdir(parents=True, exist_ok=True)
         hook = tmp / "hook"
         hook.mkdir(exist_ok=True)
         (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
@@ -242,8 +244,7 @@ def _stack_optimizers(factor: float) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("allreduce", ["fused", "per_tensor"])
-def test_multi_group_stack_with_dct_adam_matches_one_process(tmp_path, allreduce):
+def test_multi_group_stack_with_dct_adam_matches_one_process(tmp_path):
     """Three groups (DCTAdam on a DCT-marked weight, AdagradRMSProp with clipping, Adam), a
     plateau scheduler, lr_scaling=linear and accumulate_grad_batches=2 (explicit
     distributed=torch), against one process with the doubled rates and all 100 rows of each
@@ -257,7 +258,6 @@ def test_multi_group_stack_with_dct_adam_matches_one_process(tmp_path, allreduce
         *_stack_optimizers(1),
         "distributed=torch",
         "distributed.lr_scaling=linear",
-        f"distributed.allreduce={allreduce}",
         "trainer.accumulate_grad_batches=2",
         "trainer.batch_size=25",
         "hydra.run.dir=run",
@@ -281,11 +281,10 @@ def test_multi_group_stack_with_dct_adam_matches_one_process(tmp_path, allreduce
 LONG = [
     *COMMON,
     "trainer.batch_size=50",
-    "trainer.checkpoint_every=5",
-    "trainer.keep_checkpoints=100",
+    "trainer.checkpoint_every=10",
     "trainer.log_every=1",
     "trainer.progress=plain",
-    "trainer.steps=300",
+    "trainer.steps=100",
 ]
 
 
@@ -309,18 +308,18 @@ def _assert_same_final_state(a: Path, b: Path, step: int) -> None:
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory) -> Path:
-    """An uninterrupted 300-step job: what the stopped and restarted ones must end at."""
+    """An uninterrupted 100-step job: what the stopped and restarted ones must end at."""
     tmp = tmp_path_factory.mktemp("straight")
-    r = torchrun(tmp, *LONG, "hydra.run.dir=straight", cwd=tmp)
+    r = torchrun(tmp, *LONG, "hydra.run.dir=straight", cwd=tmp / "job")
     assert r.returncode == 0, r.output
-    return tmp / "straight"
+    return tmp / "job" / "straight"
 
 
 def test_ctrl_c_stops_every_rank_after_the_same_step_and_resume_is_exact(tmp_path, straight):
-    """torchrun turns Ctrl-C into SIGTERM for its workers; they agree (through the gradient
+    """torchrun passes Ctrl-C on to its workers (SIGINT); they agree (through the gradient
     allreduce) on the step to stop after, rank 0 checkpoints, and the job resumed under torchrun
     ends bitwise where an uninterrupted one does."""
-    job = Job(tmp_path, tmp_path, [*LONG, "hydra.run.dir=run"])
+    job = Job(tmp_path, tmp_path / "job", [*LONG, "hydra.run.dir=run"])
     proc = job.start()
     assert proc.stdout is not None
     lines = []
@@ -332,22 +331,22 @@ def test_ctrl_c_stops_every_rank_after_the_same_step_and_resume_is_exact(tmp_pat
     rc, out = finish(proc, 60)
     out = "".join(lines) + out
     assert rc != 0
-    # both ranks got SIGTERM and asked to stop; rank 0 stopped after the step they agreed on
-    assert out.count("SIGTERM: stopping after this step") == 2, out[-3000:]
-    assert "SIGTERM: training stopped after step" in out and "trainer.resume=" in out
+    # both ranks got SIGINT and asked to stop; rank 0 stopped after the step they agreed on
+    assert out.count("SIGINT: stopping after this step") == 2, out[-3000:]
+    assert "SIGINT: training stopped after step" in out and "trainer.resume=" in out
     assert "error: rank" not in out, out[-3000:]  # a clean stop, not a failure
     assert job.writes() == {"1.0": []}
     from pyrotrain.checkpoint import list_checkpoints, load_checkpoint
 
-    stopped = load_checkpoint(list_checkpoints(tmp_path / "run")[-1])
-    assert 20 <= stopped["step"] < 300 and len(stopped["rng"]) == 2
+    stopped = load_checkpoint(list_checkpoints(tmp_path / "job" / "run")[0])
+    assert 20 <= stopped["step"] < 100 and len(stopped["rng"]) == 2
 
-    r = torchrun(tmp_path, *LONG, "trainer.resume=auto", "hydra.run.dir=run", cwd=tmp_path)
+    r = torchrun(tmp_path, *LONG, "trainer.resume=auto", "hydra.run.dir=run", cwd=tmp_path / "job")
     assert r.returncode == 0, r.output
     assert r.writes == {"1.0": []}, r.writes
-    summary = run_summary(tmp_path / "run")
+    summary = run_summary(tmp_path / "job" / "run")
     assert summary["resumed_from_step"] == stopped["step"] and summary["params_in_sync"] is True
-    _assert_same_final_state(straight, tmp_path / "run", 300)
+    _assert_same_final_state(straight, tmp_path / "job" / "run", 100)
 
 
 def _children(pid: int) -> list[int]:
@@ -377,9 +376,11 @@ def test_elastic_restart_after_a_sigkilled_worker_ends_bitwise_like_an_uninterru
     checkpoint exists; torchrun stops rank 0, restarts both, they resume from the newest
     checkpoint and finish; the job exits 0 with the uninterrupted run's parameters, bit for bit."""
     launcher = ["--standalone", "--nproc-per-node", "2", "--max-restarts", "1"]
-    job = Job(tmp_path, tmp_path, [*LONG, "trainer.resume=auto", "hydra.run.dir=run"], launcher)
+    job = Job(
+        tmp_path, tmp_path / "job", [*LONG, "trainer.resume=auto", "hydra.run.dir=run"], launcher
+    )
     proc = job.start()
-    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints = tmp_path / "job" / "run" / "checkpoints"
     deadline = time.monotonic() + 60
     while not (checkpoints / "step-00000010.pt").exists():
         assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint at step 10"
@@ -390,13 +391,13 @@ def test_elastic_restart_after_a_sigkilled_worker_ends_bitwise_like_an_uninterru
     killed_after = max(int(p.stem.split("-")[1]) for p in checkpoints.glob("step-*.pt"))
     rc, out = finish(proc, 120)
     assert rc == 0, out[-4000:]
-    assert killed_after < 300, "the job had finished before the kill"
-    summary = run_summary(tmp_path / "run")
+    assert killed_after < 100, "the job had finished before the kill"
+    summary = run_summary(tmp_path / "job" / "run")
     assert summary["params_in_sync"] is True and summary["world_size"] == 2
     assert summary["resumed_from_step"] is not None and summary["resumed_from_step"] >= 10
     writes = job.writes()
     assert writes.get("1.1") == [], writes  # the restarted rank 1 wrote nothing either
-    _assert_same_final_state(straight, tmp_path / "run", 300)
+    _assert_same_final_state(straight, tmp_path / "job" / "run", 100)
 
 
 FAILING_MODEL = """
@@ -420,7 +421,8 @@ class Model:
 
 
 def test_a_failing_rank_ends_the_job_quickly_and_is_named(tmp_path):
-    (tmp_path / "failing_model.py").write_text(textwrap.dedent(FAILING_MODEL))
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "failing_model.py").write_text(textwrap.dedent(FAILING_MODEL))
     r = torchrun(
         tmp_path,
         "model=custom",
@@ -428,13 +430,13 @@ def test_a_failing_rank_ends_the_job_quickly_and_is_named(tmp_path):
         "trainer.steps=100000",  # hours, unless the failure ends the job
         "trainer.progress=none",
         "hydra.run.dir=run",
-        cwd=tmp_path,
+        cwd=tmp_path / "job",
         timeout=90,
     )
     assert r.returncode != 0
     assert "error: rank 1 failed: ValueError: bad row in this rank's shard" in r.output, r.output
     assert r.wall < 60, r.wall
-    assert not (tmp_path / "run" / "summary.json").exists()
+    assert not (tmp_path / "job" / "run" / "summary.json").exists()
 
 
 # -- two launchers, two nodes ---------------------------------------------------------------------
@@ -446,11 +448,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_launchers_act_as_two_nodes_of_one_job(tmp_path):
+def test_two_launchers_act_as_two_nodes_of_one_job(tmp_path, sgd_job):
     """Two torchrun launchers, ``--nnodes=2 --nproc-per-node=1``, meet through a c10d rendezvous
-    on 127.0.0.1: one job of two ranks, one run directory, parameters in sync."""
+    on 127.0.0.1: one job of two ranks, one run directory, parameters in sync. It reduces with
+    ``allreduce=per_tensor``, and ends with the same bits as the fused single-launcher job."""
     port = _free_port()
-    args = [*SGD, "trainer.batch_size=50", "hydra.run.dir=run"]
+    args = [
+        *SGD,
+        "trainer.batch_size=50",
+        "distributed=torch",
+        "distributed.allreduce=per_tensor",
+        "hydra.run.dir=run",
+    ]
     jobs = []
     for node in range(2):
         launcher = [
@@ -461,16 +470,18 @@ def test_two_launchers_act_as_two_nodes_of_one_job(tmp_path):
             f"--rdzv-endpoint=127.0.0.1:{port}",
             f"--rdzv-id=pyrotrain-test-{port}",
         ]
-        job = Job(tmp_path, tmp_path, args, launcher)
+        job = Job(tmp_path, tmp_path / "job", args, launcher)
         jobs.append((job, job.start()))
     results = [finish(proc, 120) for _, proc in jobs]
     for rc, out in results:
         assert rc == 0, out[-4000:]
     assert sum(out.count("final loss") for _, out in results) == 1  # rank 0 only, on one node
-    assert [p.name for p in tmp_path.iterdir() if p.is_dir() and p.name != "hook"] == ["run"]
-    summary = run_summary(tmp_path / "run")
+    assert [p.name for p in (tmp_path / "job").iterdir()] == ["run"]
+    summary = run_summary(tmp_path / "job" / "run")
     assert summary["world_size"] == 2 and summary["params_in_sync"] is True
     assert jobs[0][0].writes() == {"1.0": []}
+    (fused,) = list((sgd_job[1] / "outputs").iterdir())
+    assert same(saved_params(tmp_path / "job" / "run"), saved_params(fused))
 
 
 @pytest.mark.skipif(
@@ -479,9 +490,13 @@ def test_two_launchers_act_as_two_nodes_of_one_job(tmp_path):
 )
 def test_nccl_on_two_gpus_trains_like_one_process(tmp_path):
     args = [*SGD, "trainer.device=cuda", "distributed=torch", "distributed.backend=nccl"]
-    r = torchrun(tmp_path, *args, "trainer.batch_size=50", "hydra.run.dir=run", cwd=tmp_path)
+    r = torchrun(
+        tmp_path, *args, "trainer.batch_size=50", "hydra.run.dir=run", cwd=tmp_path / "job"
+    )
     assert r.returncode == 0, r.output
-    assert run_summary(tmp_path / "run")["params_in_sync"] is True
+    assert run_summary(tmp_path / "job" / "run")["params_in_sync"] is True
     reference = _train_one_process([*args[:-2], "trainer.batch_size=100"])
-    distributed = {k: v.to(reference[k].device) for k, v in saved_params(tmp_path / "run").items()}
+    distributed = {
+        k: v.to(reference[k].device) for k, v in saved_params(tmp_path / "job" / "run").items()
+    }
     assert _max_diff(distributed, reference) < 1e-9

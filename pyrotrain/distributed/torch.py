@@ -158,7 +158,10 @@ def process_group(backend: str, timeout: float) -> None:
         dist.destroy_process_group()
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     _groups_made += 1
-    store = dist.PrefixStore(f"pyrotrain/group{_groups_made}", _rendezvous_store())
+    # torchrun's store outlives a restart: a fresh prefix per attempt keeps the dead ranks'
+    # addresses from being read back
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = dist.PrefixStore(f"pyrotrain/{attempt}/group{_groups_made}", _rendezvous_store())
     dist.init_process_group(
         backend, store=store, rank=rank, world_size=size, timeout=timedelta(seconds=timeout)
     )
