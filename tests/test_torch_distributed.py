@@ -349,6 +349,29 @@ def test_ctrl_c_stops_every_rank_after_the_same_step_and_resume_is_exact(tmp_pat
     _assert_same_final_state(straight, tmp_path / "job" / "run", 100)
 
 
+def test_a_two_rank_checkpoint_resumes_in_one_process_resharded(tmp_path, straight):
+    """A job that lost a rank for good goes on with fewer: the parameters, the optimizer state and
+    the step carry over, the rows are re-dealt from the saved epoch on."""
+    import shutil
+
+    import pyrotrain
+    from pyrotrain.checkpoint import list_checkpoints
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    oldest = list_checkpoints(straight)[-1]
+    shutil.copy(oldest, run / "checkpoints")
+    step = int(oldest.stem.split("-")[1])
+    assert step < 100
+    cfg = pyrotrain.compose([*LONG, "trainer.progress=none", "trainer.resume=auto"])
+    summary = pyrotrain.train(cfg, run)
+    assert summary["resumed_from_step"] == step and summary["world_size"] == 1
+    assert summary["steps"] == 100
+    straight_params, params = saved_params(straight), saved_params(run)
+    assert not same(params, straight_params)  # other shards after step 50: not bitwise
+    assert _max_diff(params, straight_params) < 0.1  # but the same fit (0.03 measured)
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
