@@ -458,6 +458,7 @@ def test_a_failing_rank_ends_the_job_quickly_and_is_named(tmp_path):
     )
     assert r.returncode != 0
     assert "error: rank 1 failed: ValueError: bad row in this rank's shard" in r.output, r.output
+    assert "rank 0 stopped: another rank failed" in r.output or "exitcode  : -15" in r.output
     assert r.wall < 60, r.wall
     assert not (tmp_path / "job" / "run" / "summary.json").exists()
 

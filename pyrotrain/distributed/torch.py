@@ -178,7 +178,7 @@ def _collective(rank: int) -> Iterator[None]:
             raise
         raise PeerFailure(
             f"rank {rank} stopped: another rank failed or left, so a collective failed "
-            f"(the failing rank's message is above; here: {str(e).splitlines()[0][:200]})"
+            f"(the failing rank's message is above; here: {str(e).splitlines()[0][:120]})"
         ) from e
 
 
