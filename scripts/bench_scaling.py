@@ -63,8 +63,6 @@ NP = 2
 def _env() -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     env.pop("HYDRA_FULL_ERROR", None)
-    # the ranks import the pyrotrain this script belongs to
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     return env
 
 

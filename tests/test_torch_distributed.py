@@ -90,7 +90,6 @@ class Job:
         (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
         self.writes_at = tmp / "writes"
         path = f"{BIN}{os.pathsep}{os.environ['PATH']}"
-        # TESTS.parent: the ranks import the pyrotrain these tests belong to
         self.env = cli_env(
             {
                 "PATH": path,
@@ -98,7 +97,7 @@ class Job:
                 "PYROTRAIN_TEST_WATCH": str(cwd),
                 "PYROTRAIN_TEST_WRITES": str(self.writes_at),
             },
-            pythonpath=[hook, TESTS, TESTS.parent, cwd],
+            pythonpath=[hook, TESTS, cwd],
         )
         launcher = launcher or ["--standalone", "--nproc-per-node", "2"]
         self.cmd = [str(TORCHRUN), *launcher, str(PYROTRAIN), *args]
