@@ -160,12 +160,17 @@ def first_difference(saved: Any, now: Any, key: str = "") -> tuple[str, Any, Any
     return None if saved == now else (key, saved, now)
 
 
+def _without_world_size(shape: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in shape.items() if k != "world_size"}
+
+
 def check_compatible(payload: dict[str, Any], shape: dict[str, Any], path: Path, seed: int) -> None:
     """Refuse to resume from ``payload`` (read from ``path``) a run whose shape or seed differs.
 
     The seed is read from the checkpoint's plain ``config`` rather than its ``shape``, so that
     checkpoints written before the seed was checked (their shape has no seed) still load."""
-    difference = first_difference(payload["shape"], shape)
+    # the number of ranks may change: the data is re-sharded on resume (Trainer._start)
+    difference = first_difference(_without_world_size(payload["shape"]), _without_world_size(shape))
     if difference is not None:
         key, was, now = difference
         raise PyrotrainError(
@@ -173,8 +178,8 @@ def check_compatible(payload: dict[str, Any], shape: dict[str, Any], path: Path,
             "its saved state does not fit this run",
             key=key,
             value=now,
-            hint="Resume with the same model, data, guide, optimizer groups, batch size, dtype "
-            "and number of ranks (learning rates, steps and logging may change), or start "
+            hint="Resume with the same model, data, guide, optimizer groups, batch size and dtype "
+            "(learning rates, steps, logging and the number of ranks may change), or start "
             "afresh in a new run directory without trainer.resume",
         )
     saved = (payload.get("config") or {}).get("seed")

@@ -154,6 +154,17 @@ class BatchOrder:
     def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
         return self.iter_from(0)
 
+    def resharded(self, consumed: int, world_size: int) -> int:
+        """Where this order goes on from a run that took ``consumed`` minibatches of the order of
+        ``world_size`` ranks: the same epoch (so the same permutation), at the same fraction of
+        it, rounded down. The epoch's remaining rows are dealt to this run's ranks, so around the
+        switch some rows of that epoch are seen twice or not at all."""
+        if world_size == self.world_size:
+            return consumed
+        before = BatchOrder(self.n_rows, self.batch_size, self.seed, 0, world_size)
+        epoch, done = divmod(consumed, before.steps_per_epoch)
+        return epoch * self.steps_per_epoch + done * self.steps_per_epoch // before.steps_per_epoch
+
     def iter_from(self, consumed: int) -> Iterator[tuple[int, torch.Tensor]]:
         """The order after its first ``consumed`` minibatches (where a resumed run goes on)."""
         epoch, skip = divmod(consumed, self.steps_per_epoch)

@@ -221,6 +221,14 @@ class Trainer:
             _, payload = run.resume
             self.state = LoopState(**payload["loop"])
             self.smoothed.load_state_dict(payload["smoothed"])
+            was = payload["shape"].get("world_size", run.backend.size)
+            if was != run.backend.size:
+                self.state.consumed = run.order.resharded(self.state.consumed, was)
+                if run.backend.is_main:
+                    self.console.print(
+                        f"resume: {was} ranks -> {run.backend.size}: the rows are re-sharded "
+                        "from this epoch on"
+                    )
             batches = run.order.iter_from(self.state.consumed)
             first_batch = next(batches)
             batches = itertools.chain([first_batch], batches)
@@ -516,7 +524,10 @@ class Trainer:
             for group, keys in changed.items():
                 for key, (was, now) in keys.items():
                     self.console.print(f"{self._tag}resume: group {group} {key} {was} -> {now}")
-        set_rng_state(payload["rng"][run.backend.rank])
+        # Every rank's RNG state (ranks draw the same samples); a rank the saved run did not
+        # have takes rank 0's.
+        rng = payload["rng"]
+        set_rng_state(rng[run.backend.rank] if run.backend.rank < len(rng) else rng[0])
 
     def _non_finite(self, step: int, loss: float, bad: list[str], invalid: str | None) -> None:
         """Apply ``trainer.nan_policy`` to a step whose loss or gradients are not finite

@@ -49,9 +49,12 @@ def cli_env(
     env: Mapping[str, str] | None = None, pythonpath: Sequence[Path] = (TESTS,)
 ) -> dict[str, str]:
     """The environment to run ``pyrotrain`` in: toy_models importable, and HYDRA_FULL_ERROR only
-    where ``env`` sets it, so that a developer's shell cannot turn errors into tracebacks."""
+    where ``env`` sets it, so that a developer's shell cannot turn errors into tracebacks. The
+    caller's own PYTHONPATH follows ``pythonpath`` (a checkout run with ``PYTHONPATH=$PWD`` runs
+    its own pyrotrain in the subprocesses too, not the installed one)."""
     full = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    full["PYTHONPATH"] = os.pathsep.join(str(p) for p in pythonpath)
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    full["PYTHONPATH"] = os.pathsep.join([*(str(p) for p in pythonpath), *inherited])
     full.update(env or {})
     return full
 

@@ -190,13 +190,21 @@ def test_only_the_horovod_backend_imports_horovod():
         imported = _imports(path)
         assert not any(n.split(".")[0] == "horovod" for n in imported), path
         if path.name in ("cli.py", "loop.py", "build.py"):
-            assert not any("horovod" in n or ".single" in n for n in imported), path
+            engines = ("horovod", ".single", "distributed.torch")
+            assert not any(e in n for e in engines for n in imported), path
+
+
+def test_only_the_torch_backend_imports_torch_distributed():
+    for path in (ROOT / "pyrotrain").rglob("*.py"):
+        if path.name == "torch.py" and path.parent.name == "distributed":
+            continue
+        assert not any(n.startswith("torch.distributed") for n in _imports(path)), path
 
 
 def test_a_backend_module_is_all_an_engine_needs():
     from pyrotrain.distributed import Backend, base
 
-    assert base.engine_modules() == ["horovod", "single"]
+    assert base.engine_modules() == ["horovod", "single", "torch"]
     for module_name in base.engine_modules():
         module = base._module(module_name)
         for attr in ("NAME", "LAUNCH_VARS", "Settings", "create", "share_start_time"):

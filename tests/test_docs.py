@@ -60,6 +60,7 @@ NOT_RUN = {
     "make": "builds the environment or runs the whole suite or the benchmarks",
     "pip": "installs packages",
     "horovodrun": "launches several processes; tests/test_horovod.py runs horovodrun",
+    "torchrun": "launches several processes; tests/test_torch_distributed.py runs torchrun",
     "install_horovod.sh": "builds Horovod",
     "pytest": "runs the test suite",
     "python": "runs a repository script (the benchmarks)",

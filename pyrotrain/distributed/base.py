@@ -18,19 +18,24 @@ Nothing here imports an engine's library: an engine module imports it when it is
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import logging
 import math
 import os
 import pkgutil
 import sys
 import time
+import warnings
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
+import pyro
 import torch
 from omegaconf import OmegaConf
 
@@ -90,6 +95,73 @@ class PeerFailure(RuntimeError):
 def lr_factor(lr_scaling: str, world_size: int) -> float:
     """What ``distributed.lr_scaling`` multiplies step sizes by at ``world_size`` ranks."""
     return {"none": 1.0, "linear": float(world_size), "sqrt": math.sqrt(world_size)}[lr_scaling]
+
+
+# -- what engines share ---------------------------------------------------------------------------
+
+
+class _RankTag(logging.Filter):
+    """Prefixes every log record of a non-main rank with ``[rank R]``."""
+
+    def __init__(self, rank: int):
+        super().__init__()
+        self.prefix = f"[rank {rank}] "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.prefix):
+            record.msg = f"{self.prefix}{record.msg}"
+        return True
+
+
+def tag_rank_output(rank: int) -> None:
+    """Tag this rank's log records and warnings with its rank (idempotent)."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if not any(isinstance(f, _RankTag) for f in handler.filters):
+            handler.addFilter(_RankTag(rank))
+    if not getattr(warnings.formatwarning, "_pyrotrain_rank", None) == rank:
+        plain = getattr(warnings.formatwarning, "_pyrotrain_plain", warnings.formatwarning)
+
+        def formatwarning(*args: Any, **kwargs: Any) -> str:
+            return f"[rank {rank}] " + plain(*args, **kwargs)
+
+        formatwarning._pyrotrain_rank = rank  # type: ignore[attr-defined]
+        formatwarning._pyrotrain_plain = plain  # type: ignore[attr-defined]
+        warnings.formatwarning = formatwarning
+
+
+@dataclass
+class Layout:
+    """This step's parameters in name order, split by dtype, and their fingerprint."""
+
+    names: list[str]
+    params: list[torch.Tensor]
+    by_dtype: list[tuple[str, list[int]]]  # (dtype name, positions in params)
+    fingerprint: float
+
+
+def layout_of(params: Iterable[torch.Tensor]) -> Layout:
+    store = pyro.get_param_store()
+    named = sorted(((cast(str, store.param_name(p)), p) for p in params), key=lambda t: t[0])
+    names = [n for n, _ in named]
+    ps = [p for _, p in named]
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(ps):
+        groups.setdefault(str(p.dtype).replace("torch.", ""), []).append(i)
+    text = ";".join(f"{n}:{tuple(p.shape)}:{p.dtype}" for n, p in named)
+    # A small integer: exact in a float32 buffer when averaged, and a layout mismatch moves the
+    # average by at least 1 / ranks.
+    fingerprint = float(zlib.crc32(text.encode()) % 1021)
+    return Layout(names, ps, sorted(groups.items()), fingerprint)
+
+
+def param_digest() -> str:
+    """A digest of every Pyro parameter's name and bits: ranks in sync have the same one."""
+    digest = hashlib.sha1()
+    for name, p in sorted(pyro.get_param_store().named_parameters()):
+        digest.update(name.encode())
+        digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 # -- engines and launches ------------------------------------------------------------------------

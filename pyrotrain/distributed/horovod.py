@@ -22,22 +22,17 @@ and ``allreduce: per_tensor`` (one allreduce per parameter, as ``hvd.Distributed
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import logging
 import os
 import time
-import warnings
-import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, cast
+from typing import Any, ClassVar, Literal
 
-import pyro
 import torch
 
 from ..errors import PyrotrainError
 from ..schema import setting
-from .base import PeerFailure, lr_factor
+from .base import Layout, PeerFailure, layout_of, lr_factor, param_digest, tag_rank_output
 
 NAME = "horovod"
 # horovodrun with Gloo, and mpirun (Open MPI; MPICH and Intel MPI) when horovodrun uses MPI or is
@@ -141,61 +136,6 @@ def _collective(rank: int) -> Iterator[None]:
         raise
 
 
-class _RankTag(logging.Filter):
-    """Prefixes every log record of a non-main rank with ``[rank R]``."""
-
-    def __init__(self, rank: int):
-        super().__init__()
-        self.prefix = f"[rank {rank}] "
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith(self.prefix):
-            record.msg = f"{self.prefix}{record.msg}"
-        return True
-
-
-def tag_rank_output(rank: int) -> None:
-    """Tag this rank's log records and warnings with its rank (idempotent)."""
-    root = logging.getLogger()
-    for handler in root.handlers:
-        if not any(isinstance(f, _RankTag) for f in handler.filters):
-            handler.addFilter(_RankTag(rank))
-    if not getattr(warnings.formatwarning, "_pyrotrain_rank", None) == rank:
-        plain = getattr(warnings.formatwarning, "_pyrotrain_plain", warnings.formatwarning)
-
-        def formatwarning(*args: Any, **kwargs: Any) -> str:
-            return f"[rank {rank}] " + plain(*args, **kwargs)
-
-        formatwarning._pyrotrain_rank = rank  # type: ignore[attr-defined]
-        formatwarning._pyrotrain_plain = plain  # type: ignore[attr-defined]
-        warnings.formatwarning = formatwarning
-
-
-@dataclass
-class _Layout:
-    """This step's parameters in name order, split by dtype, and their fingerprint."""
-
-    names: list[str]
-    params: list[torch.Tensor]
-    by_dtype: list[tuple[str, list[int]]]  # (dtype name, positions in params)
-    fingerprint: float
-
-
-def _layout(params: Iterable[torch.Tensor]) -> _Layout:
-    store = pyro.get_param_store()
-    named = sorted(((cast(str, store.param_name(p)), p) for p in params), key=lambda t: t[0])
-    names = [n for n, _ in named]
-    ps = [p for _, p in named]
-    groups: dict[str, list[int]] = {}
-    for i, p in enumerate(ps):
-        groups.setdefault(str(p.dtype).replace("torch.", ""), []).append(i)
-    text = ";".join(f"{n}:{tuple(p.shape)}:{p.dtype}" for n, p in named)
-    # A small integer: exact in a float32 buffer when averaged, and a layout mismatch moves the
-    # average by at least 1 / ranks.
-    fingerprint = float(zlib.crc32(text.encode()) % 1021)
-    return _Layout(names, ps, sorted(groups.items()), fingerprint)
-
-
 class HorovodBackend:
     """Horovod over Gloo, MPI or NCCL; one instance per job, Horovod initialised once per process.
 
@@ -234,7 +174,7 @@ class HorovodBackend:
         # the loss and the flags ride at the end of the gradient buffer.
         self._packed = s.allreduce == "fused" and s.op != "adasum" and s.compression == "none"
         self._layout_key: frozenset | None = None
-        self._layout: _Layout | None = None
+        self._layout: Layout | None = None
         if torch.cuda.is_available():
             torch.cuda.set_device(self.local_rank)
         if "OMP_NUM_THREADS" not in os.environ:
@@ -251,7 +191,7 @@ class HorovodBackend:
         """Overwrite every rank's parameters with rank 0's, in name order."""
         if self.size == 1:
             return
-        layout = _layout(params)
+        layout = layout_of(params)
         hvd = self.hvd
         with _collective(self.rank):
             handles = [
@@ -273,7 +213,7 @@ class HorovodBackend:
             return float(loss), stop
         key = frozenset(params)
         if key != self._layout_key:
-            self._layout_key, self._layout = key, _layout(params)
+            self._layout_key, self._layout = key, layout_of(params)
         layout = self._layout
         assert layout is not None  # set with _layout_key
         hvd = self.hvd
@@ -326,12 +266,8 @@ class HorovodBackend:
 
     def params_in_sync(self) -> bool:
         """Whether every rank holds bitwise the same Pyro parameters (one small allgather)."""
-        digest = hashlib.sha1()
-        for name, p in sorted(pyro.get_param_store().named_parameters()):
-            digest.update(name.encode())
-            digest.update(p.detach().cpu().contiguous().numpy().tobytes())
         with _collective(self.rank):
-            digests = self.hvd.allgather_object(digest.hexdigest(), name="pyrotrain.digest")
+            digests = self.hvd.allgather_object(param_digest(), name="pyrotrain.digest")
         return len(set(digests)) == 1
 
     # -- the three ways to hand gradients to Horovod ----------------------------------------------
@@ -359,7 +295,7 @@ class HorovodBackend:
         )  # fmt: skip
 
     def _fused_packed(
-        self, layout: _Layout, grads: list[torch.Tensor], meta: torch.Tensor
+        self, layout: Layout, grads: list[torch.Tensor], meta: torch.Tensor
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """One allreduce per dtype, the loss and flags riding at the end of the first buffer.
 
@@ -388,7 +324,7 @@ class HorovodBackend:
                     mean /= self.size
         return out, mean
 
-    def _fused(self, layout: _Layout, grads: list[torch.Tensor]):
+    def _fused(self, layout: Layout, grads: list[torch.Tensor]):
         started = []
         for dtype, idx in layout.by_dtype:
             flat = torch.cat([grads[i].reshape(-1) for i in idx])
@@ -405,7 +341,7 @@ class HorovodBackend:
 
         return finish
 
-    def _grouped(self, layout: _Layout, grads: list[torch.Tensor]):
+    def _grouped(self, layout: Layout, grads: list[torch.Tensor]):
         started = []
         for dtype, idx in layout.by_dtype:
             packed = [self._compress(grads[i]) for i in idx]
@@ -424,7 +360,7 @@ class HorovodBackend:
 
         return finish
 
-    def _per_tensor(self, layout: _Layout, grads: list[torch.Tensor]):
+    def _per_tensor(self, layout: Layout, grads: list[torch.Tensor]):
         started = []
         for name, g in zip(layout.names, grads, strict=True):
             t, ctx = self._compress(g)

@@ -1,0 +1,525 @@
+"""``torchrun --nproc-per-node 2 pyrotrain ...`` for real: outputs, equivalence with one process,
+exact resume, Ctrl-C, a failing rank, an elastic restart after a SIGKILL, two launchers as two
+nodes. (The settings checks, which need no launcher, are in test_distributed.py.)
+
+Every job starts two ranks on this machine over Gloo (a few seconds each). Jobs are shared between
+the tests that read them through module-scoped fixtures. A ``sitecustomize`` put on the ranks'
+PYTHONPATH records every file that a non-main rank opens for writing under the job's directory, so
+"rank 1 writes nothing" is checked, not assumed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import (
+    BIN,
+    PYROTRAIN,
+    TESTS,
+    cli_env,
+    metrics_rows,
+    run_summary,
+    same,
+    saved_params,
+    unconstrained_params,
+)
+
+TORCHRUN = BIN / "torchrun"
+
+pytestmark = [
+    pytest.mark.distributed,
+    pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not beside this interpreter"),
+]
+
+# Records, per non-main rank, the files it opens for writing under PYROTRAIN_TEST_WATCH.
+SITECUSTOMIZE = """
+import os, sys
+_rank = os.environ.get("RANK")
+_watch = os.environ.get("PYROTRAIN_TEST_WATCH")
+if _watch and _rank not in (None, "0"):
+    _writes = []
+    _flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND
+
+    def _hook(event, args):
+        if event != "open" or not isinstance(args[0], (str, bytes, os.PathLike)):
+            return
+        path, mode, flags = args
+        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+            isinstance(flags, int) and flags & _flags
+        )
+        if writing and os.path.abspath(os.fsdecode(path)).startswith(_watch):
+            _writes.append(os.fsdecode(path))
+
+    sys.addaudithook(_hook)
+
+    import atexit
+
+    @atexit.register
+    def _dump():
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        with open(f"{os.environ['PYROTRAIN_TEST_WRITES']}.{_rank}.{attempt}", "w") as f:
+            f.write("\\n".join(_writes))
+"""
+
+COMMON = [
+    "data=synthetic_regression",
+    "data.size=1000",  # 800 training rows: 400 per rank
+    "trainer.dtype=float64",
+    "trainer.progress=none",
+    "trainer.eval_num_samples=5",
+]
+
+
+class Job:
+    """A torchrun job: its launcher process(es), output and what rank 1 wrote."""
+
+    def __init__(self, tmp: Path, cwd: Path, args: list[str], launcher: list[str] | None = None):
+        assert cwd not in (tmp, *tmp.parents), "the write recorder's files stay outside cwd"
+        self.tmp, self.cwd = tmp, cwd
+        cwd.mkdir(parents=True, exist_ok=True)
+        hook = tmp / "hook"
+        hook.mkdir(exist_ok=True)
+        (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        self.writes_at = tmp / "writes"
+        path = f"{BIN}{os.pathsep}{os.environ['PATH']}"
+        self.env = cli_env(
+            {
+                "PATH": path,
+                "OMP_NUM_THREADS": "1",
+                "PYROTRAIN_TEST_WATCH": str(cwd),
+                "PYROTRAIN_TEST_WRITES": str(self.writes_at),
+            },
+            pythonpath=[hook, TESTS, cwd],
+        )
+        launcher = launcher or ["--standalone", "--nproc-per-node", "2"]
+        self.cmd = [str(TORCHRUN), *launcher, str(PYROTRAIN), *args]
+
+    def start(self) -> subprocess.Popen:
+        """The launcher in a session of its own, so that a test can signal or kill the job."""
+        return subprocess.Popen(
+            self.cmd,
+            cwd=self.cwd,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+
+    def writes(self) -> dict[str, list[str]]:
+        """Files rank 1 (any attempt) opened for writing; the records are consumed."""
+        out = {}
+        for path in self.tmp.glob(f"{self.writes_at.name}.*"):
+            out[path.name.split(".", 1)[1]] = [w for w in path.read_text().splitlines() if w]
+            path.unlink()
+        return out
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
+    """The launcher's exit code and output once it exits; a hang fails the test (and ends the
+    job)."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"torchrun hung for {timeout} s:\n{out[-4000:]}")
+    return proc.returncode, out
+
+
+class Result:
+    def __init__(self, rc: int, out: str, wall: float, writes: dict[str, list[str]]):
+        self.returncode, self.output, self.wall, self.writes = rc, out, wall, writes
+
+
+def torchrun(
+    tmp: Path, *args: str, cwd: Path, launcher: list[str] | None = None, timeout: float = 120
+) -> Result:
+    """``torchrun --standalone --nproc-per-node 2 pyrotrain ARGS`` (or ``launcher``) in ``cwd``."""
+    job = Job(tmp, cwd, list(args), launcher)
+    start = time.perf_counter()
+    rc, out = finish(job.start(), timeout)
+    return Result(rc, out, time.perf_counter() - start, job.writes())
+
+
+def _train_one_process(overrides: list[str]) -> dict[str, torch.Tensor]:
+    import pyrotrain
+
+    summary = pyrotrain.train(pyrotrain.compose(overrides))
+    assert summary["world_size"] == 1
+    return unconstrained_params()
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+# -- equivalence with one process ------------------------------------------------------------------
+
+SGD = [*COMMON, "optim=sgd", "optim.lr=1e-4", "trainer.steps=30", "seed=3"]
+
+
+@pytest.fixture(scope="module")
+def sgd_job(tmp_path_factory) -> tuple[Result, Path]:
+    tmp = tmp_path_factory.mktemp("sgd")
+    cwd = tmp / "job"
+    cwd.mkdir()
+    # microseconds in the dir name: ranks that disagreed on the start time would make two dirs
+    r = torchrun(
+        tmp,
+        *SGD,
+        "trainer.batch_size=50",
+        "hydra.run.dir=outputs/${pyrotrain_start:%Y-%m-%d_%H-%M-%S-%f}",
+        cwd=cwd,
+    )
+    return r, cwd
+
+
+def test_one_job_one_run_dir_written_by_rank_0(sgd_job):
+    r, cwd = sgd_job
+    assert r.returncode == 0, r.output
+    runs = list((cwd / "outputs").iterdir())
+    assert len(runs) == 1 and [p.name for p in cwd.iterdir()] == ["outputs"], runs
+    run = runs[0]
+    for name in ("metrics.jsonl", "params.pt", "summary.json", "pyrotrain.log", ".hydra"):
+        assert (run / name).exists(), name
+    assert r.writes == {"1.0": []}, r.writes  # rank 1 opened no file for writing
+    assert r.output.count("final loss") == 1 and "run dir: " in r.output  # rank 0 speaks
+    summary = run_summary(run)
+    assert summary["world_size"] == 2 and summary["params_in_sync"] is True
+    assert summary["samples_per_s"] == pytest.approx(2 * summary["samples_per_s_per_rank"])
+    assert [row["step"] for row in metrics_rows(run)] == [10, 20, 30]
+
+
+def test_two_ranks_train_like_one_process_with_twice_the_batch(sgd_job):
+    """SGD: 2 ranks x 50 rows = 1 process x 100 rows (the union of the shards). Fails if the
+    gradients were not averaged, if the shards overlapped, or if the ranks started apart."""
+    r, cwd = sgd_job
+    assert r.returncode == 0, r.output
+    (run,) = list((cwd / "outputs").iterdir())
+    distributed = saved_params(run)
+    big_batch = _train_one_process([*SGD, "trainer.batch_size=100"])
+    small_batch = _train_one_process([*SGD, "trainer.batch_size=50"])
+    assert _max_diff(distributed, big_batch) < 1e-9
+    assert _max_diff(distributed, small_batch) > 1e-3  # the check above can tell them apart
+
+
+STACK = [
+    "guide=auto_delta",
+    "optim=multi",
+    "optim.groups.locs.params=[AutoDelta.weight]",
+    "optim.groups.scales.params=[AutoDelta.sigma]",
+    "+optim.groups.scales.clip.norm=0.5",
+    "optim.groups.weights.params=[AutoDelta.bias]",
+    "+optim.dct=[{params: [AutoDelta.weight], dim: -1}]",
+    "scheduler=plateau",
+    "scheduler.patience=1",
+    "scheduler.threshold=0.05",  # halves the lrs a few times in 24 steps
+    "+optim.groups.scales.scheduler=none",  # torch's plateau needs an lr; this group has eta
+    "trainer.steps=24",
+    *COMMON,
+]
+LRS = {"dct": 0.01, "eta": 0.02, "adam": 0.003}
+
+
+def _stack_optimizers(factor: float) -> list[str]:
+    return [
+        "optim.groups.locs.optimizer.name=dct_adam",
+        f"optim.groups.locs.optimizer.lr={LRS['dct'] * factor}",
+        "+optim.groups.locs.optimizer.clip_norm=1.0",
+        "optim.groups.scales.optimizer.name=adagrad_rmsprop",
+        "~optim.groups.scales.optimizer.lr",
+        f"+optim.groups.scales.optimizer.eta={LRS['eta'] * factor}",
+        f"optim.groups.weights.optimizer.lr={LRS['adam'] * factor}",
+    ]
+
+
+def test_multi_group_stack_with_dct_adam_matches_one_process(tmp_path):
+    """Three groups (DCTAdam on a DCT-marked weight, AdagradRMSProp with clipping, Adam), a
+    plateau scheduler, lr_scaling=linear and accumulate_grad_batches=2 (explicit
+    distributed=torch), against one process with the doubled rates and all 100 rows of each
+    step: equal to rounding only if clipping follows averaging, the scheduler sees the same
+    loss, and the lrs are scaled."""
+    cwd = tmp_path / "job"
+    cwd.mkdir()
+    r = torchrun(
+        tmp_path,
+        *STACK,
+        *_stack_optimizers(1),
+        "distributed=torch",
+        "distributed.lr_scaling=linear",
+        "trainer.accumulate_grad_batches=2",
+        "trainer.batch_size=25",
+        "hydra.run.dir=run",
+        cwd=cwd,
+    )
+    assert r.returncode == 0, r.output
+    assert r.writes == {"1.0": []}, r.writes
+    summary = run_summary(cwd / "run")
+    assert summary["world_size"] == 2 and summary["params_in_sync"] is True
+    rows = metrics_rows(cwd / "run")
+    assert rows[0]["lr/scales"] == pytest.approx(2 * LRS["eta"])  # lr_scaling=linear
+    assert rows[-1]["lr/locs"] < 2 * LRS["dct"] / 3  # the plateau scheduler acted
+    assert rows[-1]["samples_per_s"] == pytest.approx(100 * rows[-1]["steps_per_s"])
+
+    reference = _train_one_process([*STACK, *_stack_optimizers(2), "trainer.batch_size=100"])
+    assert _max_diff(saved_params(cwd / "run"), reference) < 1e-9
+
+
+# -- stopping, resuming, restarting ----------------------------------------------------------------
+
+LONG = [
+    *COMMON,
+    "trainer.batch_size=50",
+    "trainer.checkpoint_every=10",
+    "trainer.log_every=1",
+    "trainer.progress=plain",
+    "trainer.steps=100",
+]
+
+
+def _assert_same_final_state(a: Path, b: Path, step: int) -> None:
+    from pyrotrain.checkpoint import load_checkpoint
+
+    pa, pb = saved_params(a), saved_params(b)
+    assert pa.keys() == pb.keys()
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    ca = load_checkpoint(a / "checkpoints" / f"step-{step:08d}.pt")
+    cb = load_checkpoint(b / "checkpoints" / f"step-{step:08d}.pt")
+    assert len(ca["rng"]) == len(cb["rng"]) == 2  # one RNG state per rank
+    for ra, rb in zip(ca["rng"], cb["rng"], strict=True):
+        assert torch.equal(ra["torch"], rb["torch"]) and ra["random"] == rb["random"]
+    for group in ca["optim"]:
+        sa, sb = ca["optim"][group]["optimizer"]["state"], cb["optim"][group]["optimizer"]["state"]
+        assert sa.keys() == sb.keys()
+        for i in sa:
+            assert all(same(sa[i][k], sb[i][k]) for k in sa[i])
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    """An uninterrupted 100-step job: what the stopped and restarted ones must end at."""
+    tmp = tmp_path_factory.mktemp("straight")
+    r = torchrun(tmp, *LONG, "hydra.run.dir=straight", cwd=tmp / "job")
+    assert r.returncode == 0, r.output
+    return tmp / "job" / "straight"
+
+
+def test_ctrl_c_stops_every_rank_after_the_same_step_and_resume_is_exact(tmp_path, straight):
+    """torchrun passes Ctrl-C on to its workers (SIGINT); they agree (through the gradient
+    allreduce) on the step to stop after, rank 0 checkpoints, and the job resumed under torchrun
+    ends bitwise where an uninterrupted one does."""
+    job = Job(tmp_path, tmp_path / "job", [*LONG, "hydra.run.dir=run"])
+    proc = job.start()
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("step 20/"):
+            break
+    proc.send_signal(signal.SIGINT)
+    rc, out = finish(proc, 60)
+    out = "".join(lines) + out
+    assert rc != 0
+    # both ranks got SIGINT and asked to stop; rank 0 stopped after the step they agreed on
+    assert out.count("SIGINT: stopping after this step") == 2, out[-3000:]
+    assert "SIGINT: training stopped after step" in out and "trainer.resume=" in out
+    assert "error: rank" not in out, out[-3000:]  # a clean stop, not a failure
+    assert job.writes() == {"1.0": []}
+    from pyrotrain.checkpoint import list_checkpoints, load_checkpoint
+
+    stopped = load_checkpoint(list_checkpoints(tmp_path / "job" / "run")[0])
+    assert 20 <= stopped["step"] < 100 and len(stopped["rng"]) == 2
+
+    r = torchrun(tmp_path, *LONG, "trainer.resume=auto", "hydra.run.dir=run", cwd=tmp_path / "job")
+    assert r.returncode == 0, r.output
+    assert r.writes == {"1.0": []}, r.writes
+    summary = run_summary(tmp_path / "job" / "run")
+    assert summary["resumed_from_step"] == stopped["step"] and summary["params_in_sync"] is True
+    _assert_same_final_state(straight, tmp_path / "job" / "run", 100)
+
+
+def test_a_two_rank_checkpoint_resumes_in_one_process_resharded(tmp_path, straight):
+    """A job that lost a rank for good goes on with fewer: the parameters, the optimizer state and
+    the step carry over, the rows are re-dealt from the saved epoch on."""
+    import shutil
+
+    import pyrotrain
+    from pyrotrain.checkpoint import list_checkpoints
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    oldest = list_checkpoints(straight)[-1]
+    shutil.copy(oldest, run / "checkpoints")
+    step = int(oldest.stem.split("-")[1])
+    assert step < 100
+    cfg = pyrotrain.compose([*LONG, "trainer.progress=none", "trainer.resume=auto"])
+    summary = pyrotrain.train(cfg, run)
+    assert summary["resumed_from_step"] == step and summary["world_size"] == 1
+    assert summary["steps"] == 100
+    straight_params, params = saved_params(straight), saved_params(run)
+    assert not same(params, straight_params)  # other shards after step 50: not bitwise
+    assert _max_diff(params, straight_params) < 0.1  # but the same fit (0.03 measured)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _worker(launcher_pid: int, rank: int) -> int | None:
+    """The pid of the launcher's worker process with ``RANK=rank`` (Linux /proc)."""
+    for pid in _children(launcher_pid):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ:
+            return pid
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds workers through /proc")
+def test_elastic_restart_after_a_sigkilled_worker_ends_bitwise_like_an_uninterrupted_run(
+    tmp_path, straight
+):
+    """``torchrun --max-restarts=1 ... trainer.resume=auto``: rank 1 is SIGKILLed once a
+    checkpoint exists; torchrun stops rank 0, restarts both, they resume from the newest
+    checkpoint and finish; the job exits 0 with the uninterrupted run's parameters, bit for bit."""
+    launcher = ["--standalone", "--nproc-per-node", "2", "--max-restarts", "1"]
+    job = Job(
+        tmp_path, tmp_path / "job", [*LONG, "trainer.resume=auto", "hydra.run.dir=run"], launcher
+    )
+    proc = job.start()
+    checkpoints = tmp_path / "job" / "run" / "checkpoints"
+    deadline = time.monotonic() + 60
+    while not (checkpoints / "step-00000010.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint at step 10"
+        time.sleep(0.01)
+    victim = _worker(proc.pid, 1)
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    killed_after = max(int(p.stem.split("-")[1]) for p in checkpoints.glob("step-*.pt"))
+    rc, out = finish(proc, 120)
+    assert rc == 0, out[-4000:]
+    assert killed_after < 100, "the job had finished before the kill"
+    summary = run_summary(tmp_path / "job" / "run")
+    assert summary["params_in_sync"] is True and summary["world_size"] == 2
+    assert summary["resumed_from_step"] is not None and summary["resumed_from_step"] >= 10
+    writes = job.writes()
+    assert writes.get("1.1") == [], writes  # the restarted rank 1 wrote nothing either
+    _assert_same_final_state(straight, tmp_path / "job" / "run", 100)
+
+
+FAILING_MODEL = """
+import os
+import pyro, pyro.distributions as dist, torch
+
+
+class Model:
+    def __init__(self, data):
+        self.features = data.train["x"].shape[-1]
+        self.calls = 0
+
+    def __call__(self, x, y=None, index=None, size=None):
+        self.calls += 1
+        if self.calls == 3 and os.environ.get("RANK") == "1":
+            raise ValueError("bad row in this rank's shard")
+        w = pyro.sample("w", dist.Normal(torch.zeros(self.features), 1.0).to_event(1))
+        with pyro.plate("data", size, subsample=index):
+            pyro.sample("obs", dist.Normal(x @ w, 1.0), obs=y)
+"""
+
+
+def test_a_failing_rank_ends_the_job_quickly_and_is_named(tmp_path):
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "failing_model.py").write_text(textwrap.dedent(FAILING_MODEL))
+    r = torchrun(
+        tmp_path,
+        "model=custom",
+        "model.target=failing_model:Model",
+        "trainer.steps=100000",  # hours, unless the failure ends the job
+        "trainer.progress=none",
+        "hydra.run.dir=run",
+        cwd=tmp_path / "job",
+        timeout=90,
+    )
+    assert r.returncode != 0
+    assert "error: rank 1 failed: ValueError: bad row in this rank's shard" in r.output, r.output
+    assert "rank 0 stopped: another rank failed" in r.output or "exitcode  : -15" in r.output
+    assert r.wall < 60, r.wall
+    assert not (tmp_path / "job" / "run" / "summary.json").exists()
+
+
+# -- two launchers, two nodes ---------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_launchers_act_as_two_nodes_of_one_job(tmp_path, sgd_job):
+    """Two torchrun launchers, ``--nnodes=2 --nproc-per-node=1``, meet through a c10d rendezvous
+    on 127.0.0.1: one job of two ranks, one run directory, parameters in sync. It reduces with
+    ``allreduce=per_tensor``, and ends with the same bits as the fused single-launcher job."""
+    port = _free_port()
+    args = [
+        *SGD,
+        "trainer.batch_size=50",
+        "distributed=torch",
+        "distributed.allreduce=per_tensor",
+        "hydra.run.dir=run",
+    ]
+    jobs = []
+    for node in range(2):
+        launcher = [
+            "--nnodes=2",
+            f"--node-rank={node}",
+            "--nproc-per-node=1",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=127.0.0.1:{port}",
+            f"--rdzv-id=pyrotrain-test-{port}",
+        ]
+        job = Job(tmp_path, tmp_path / "job", args, launcher)
+        jobs.append((job, job.start()))
+    results = [finish(proc, 120) for _, proc in jobs]
+    for rc, out in results:
+        assert rc == 0, out[-4000:]
+    assert sum(out.count("final loss") for _, out in results) == 1  # rank 0 only, on one node
+    assert [p.name for p in (tmp_path / "job").iterdir()] == ["run"]
+    summary = run_summary(tmp_path / "job" / "run")
+    assert summary["world_size"] == 2 and summary["params_in_sync"] is True
+    assert jobs[0][0].writes() == {"1.0": []}
+    (fused,) = list((sgd_job[1] / "outputs").iterdir())
+    assert same(saved_params(tmp_path / "job" / "run"), saved_params(fused))
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.device_count() < 2,
+    reason="NCCL needs a CUDA device per rank (two here)",
+)
+def test_nccl_on_two_gpus_trains_like_one_process(tmp_path):
+    args = [*SGD, "trainer.device=cuda", "distributed=torch", "distributed.backend=nccl"]
+    r = torchrun(
+        tmp_path, *args, "trainer.batch_size=50", "hydra.run.dir=run", cwd=tmp_path / "job"
+    )
+    assert r.returncode == 0, r.output
+    assert run_summary(tmp_path / "job" / "run")["params_in_sync"] is True
+    reference = _train_one_process([*args[:-2], "trainer.batch_size=100"])
+    distributed = {
+        k: v.to(reference[k].device) for k, v in saved_params(tmp_path / "job" / "run").items()
+    }
+    assert _max_diff(distributed, reference) < 1e-9
