@@ -123,6 +123,53 @@ def versions() -> dict[str, str]:
     }
 
 
+def batch_of(run: Run, index: torch.Tensor) -> dict[str, Any]:
+    """The training rows ``index`` as the model's keyword arguments (only those it accepts)."""
+    index = index.to(run.device)
+    batch: dict[str, Any] = {k: v[index] for k, v in run.data.train.items()}
+    batch["index"] = index
+    batch["size"] = run.data.size
+    accepted = run.model_kwargs
+    if accepted is not None:
+        batch = {k: v for k, v in batch.items() if k in accepted}
+    return batch
+
+
+def create_params(run: Run, index: torch.Tensor) -> set[torch.Tensor]:
+    """Create the run's parameters as a fresh run's first step does, and return them.
+
+    Models and guides create their parameters lazily (autoguides drawing random numbers as they
+    do, ``pyro.module`` registering the module's own tensors), so one ELBO evaluation on the rows
+    ``index`` creates them; saved values are then copied into those very tensors.
+    """
+    with _CollectParams() as capture, torch.no_grad():
+        run.elbo.loss(run.model, run.guide, **batch_of(run, index))
+    return capture.params
+
+
+def load_param_values(saved: dict[str, Any], key: str, source: str | None) -> None:
+    """Copy a saved param store state (``get_state()``) into the current store's tensors; names
+    the store does not hold yet are added. A shape that differs is a PyrotrainError on ``key``."""
+    store = pyro.get_param_store()
+    current = dict(store.named_parameters())
+    with torch.no_grad():
+        for name, value in saved["params"].items():
+            if name in current:
+                if current[name].shape != value.shape:
+                    raise PyrotrainError(
+                        f"parameter '{name}' has shape {tuple(current[name].shape)} in this "
+                        f"run and {tuple(value.shape)} in {source}",
+                        key=key,
+                        value=source,
+                    )
+                current[name].copy_(value)
+    later = {n: v for n, v in saved["params"].items() if n not in current}
+    if later:  # created after the first step in the saved run: they come from the store
+        store.set_state(
+            {"params": later, "constraints": {n: saved["constraints"][n] for n in later}}
+        )
+
+
 class Trainer:
     """Runs the SVI loop of a built :class:`Run` and writes its outputs to ``run_dir``."""
 
@@ -289,15 +336,7 @@ class Trainer:
         return params, losses, rows, invalid
 
     def _batch(self, index: torch.Tensor) -> dict[str, Any]:
-        run = self.run
-        index = index.to(run.device)
-        batch: dict[str, Any] = {k: v[index] for k, v in run.data.train.items()}
-        batch["index"] = index
-        batch["size"] = run.data.size
-        accepted = run.model_kwargs
-        if accepted is not None:
-            batch = {k: v for k, v in batch.items() if k in accepted}
-        return batch
+        return batch_of(self.run, index)
 
     def _loss_and_grads(self, batch: dict[str, Any], first: bool) -> Any:
         run = self.run
@@ -444,28 +483,10 @@ class Trainer:
         from .checkpoint import set_rng_state
 
         run = self.run
-        with _CollectParams() as capture, torch.no_grad():
-            run.elbo.loss(run.model, run.guide, **self._batch(index))
-        store = pyro.get_param_store()
-        current = dict(store.named_parameters())
-        saved = payload["param_store"]
-        with torch.no_grad():
-            for name, value in saved["params"].items():
-                if name in current:
-                    if current[name].shape != value.shape:
-                        raise PyrotrainError(
-                            f"parameter '{name}' has shape {tuple(current[name].shape)} in this "
-                            f"run and {tuple(value.shape)} in the checkpoint",
-                            key="trainer.resume",
-                            value=str(run.resume[0]) if run.resume else None,
-                        )
-                    current[name].copy_(value)
-        later = {n: v for n, v in saved["params"].items() if n not in current}
-        if later:  # created after the first step in the saved run: they come from the store
-            store.set_state(
-                {"params": later, "constraints": {n: saved["constraints"][n] for n in later}}
-            )
-        run.stack.assign(capture.params)
+        params = create_params(run, index)
+        where = str(run.resume[0]) if run.resume else None
+        load_param_values(payload["param_store"], "trainer.resume", where)
+        run.stack.assign(params)
         run.stack.load_state_dict(payload["optim"])
         changed = run.stack.apply_changed_args(payload["optimizer_args"])
         if changed and run.backend.is_main:

@@ -50,8 +50,10 @@ def _positive(values: list[float]) -> bool:
 
 
 def _save(fig, path: Path) -> Path:
+    from .io import atomic_write
+
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     _pyplot().close(fig)
     return path
 
