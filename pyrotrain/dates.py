@@ -161,11 +161,14 @@ def parse_dates(
 
 
 def _spacing(dates: list[datetime], order: list[int], fmt: str) -> Calendar:
-    """The step: the smallest gap, as a fixed length of time when every gap is a multiple of it
-    (hours, days, weeks), else in calendar months (months and years differ in length)."""
+    """The step: whole calendar months when every date falls on the same day of the month and
+    time of day (monthly, quarterly, yearly data written with days), else the smallest gap as a
+    fixed length of time when every gap is a multiple of it (hours, days, weeks), else months
+    (month ends: 01-31, 02-29, 03-31)."""
     start = dates[order[0]].isoformat()
     pairs = list(zip(order, order[1:], strict=False))
-    if "%d" in fmt and pairs:
+    same_day = len({(d.day, d.time()) for d in dates}) == 1
+    if "%d" in fmt and pairs and not same_day:
         gaps = [(dates[b] - dates[a]).total_seconds() for a, b in pairs]
         smallest = min(gaps)
         if all(g % smallest == 0 for g in gaps):

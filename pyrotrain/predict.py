@@ -213,7 +213,7 @@ def _new_rows(run: Any, overrides: list[str]) -> Rows:
         )
     node = OmegaConf.merge(
         OmegaConf.create(copy.deepcopy(run.config.plain["data"])),
-        OmegaConf.from_dotlist(overrides),
+        OmegaConf.from_dotlist([item[len("data.") :] for item in overrides]),
     )
     kwargs: dict[str, Any] = OmegaConf.to_container(node, resolve=True)  # type: ignore[assignment]
     name = kwargs.pop("name")
@@ -527,11 +527,21 @@ def predict(opts: Options, console: Any = None) -> dict[str, Any]:
         stats = summarize(samples, every_q)
         truth = rows.tensors.get(target)
         truth = _unstandardize(truth, run.data.info) if truth is not None else None
+        if truth is not None and truth.shape != stats["mean"].shape:
+            raise PyrotrainError(
+                f"the observation site '{obs_site(run.model)}' has shape "
+                f"{tuple(stats['mean'].shape)} per draw, but the target '{target}' has shape "
+                f"{tuple(truth.shape)}",
+                key="model",
+                value=run.config.model.name,
+                hint="Give the model an attribute target = 'NAME' naming the data tensor that "
+                "its observation site observes",
+            )
         columns = {k: v for k, v in stats.items() if k in shown}
         write_text(out, table_text(rows.label, rows.labels, columns, target, truth))
         if truth is not None:
             summary["scores"] = scores(
-                truth.reshape(stats["mean"].shape), stats, band if len(opts.quantiles) > 1 else None
+                truth, stats, band if len(opts.quantiles) > 1 else None
             )
         if opts.horizon is not None:
             held_out = stats if rows.split == "eval" and hasattr(run.model, "forecast") else None
