@@ -540,9 +540,7 @@ def predict(opts: Options, console: Any = None) -> dict[str, Any]:
         columns = {k: v for k, v in stats.items() if k in shown}
         write_text(out, table_text(rows.label, rows.labels, columns, target, truth))
         if truth is not None:
-            summary["scores"] = scores(
-                truth, stats, band if len(opts.quantiles) > 1 else None
-            )
+            summary["scores"] = scores(truth, stats, band if len(opts.quantiles) > 1 else None)
         if opts.horizon is not None:
             held_out = stats if rows.split == "eval" and hasattr(run.model, "forecast") else None
             summary.update(_forecast(run, opts, out.parent, held_out, every_q, shown))

@@ -22,6 +22,7 @@ import torch
 from helpers import (
     BIN,
     PYROTRAIN,
+    REPO,
     TESTS,
     cli_env,
     metrics_rows,
@@ -99,7 +100,7 @@ def launch(args: list[str], cwd: Path, env: dict[str, str], np: int = 2) -> subp
 
 
 def launch_env(
-    env: dict[str, str] | None = None, pythonpath: Sequence[Path] = (TESTS,)
+    env: dict[str, str] | None = None, pythonpath: Sequence[Path] = (REPO, TESTS)
 ) -> dict[str, str]:
     """``cli_env`` for a job's ranks: this interpreter's bin first on PATH, one OpenMP thread."""
     path = f"{BIN}{os.pathsep}{os.environ['PATH']}"
@@ -114,7 +115,7 @@ def hvdrun(tmp: Path, *args: str, cwd: Path, np: int = 2, timeout: float = 120) 
     writes = tmp / "writes"
     env = launch_env(
         {"PYROTRAIN_TEST_WATCH": str(cwd), "PYROTRAIN_TEST_WRITES": str(writes)},
-        pythonpath=[hook, TESTS, cwd],
+        pythonpath=[hook, REPO, TESTS, cwd],
     )
     start = time.perf_counter()
     proc = launch(list(args), cwd, env, np)
