@@ -110,6 +110,7 @@ def build(cfg: RunConfig | DictConfig | dict[str, Any], run_dir: Path | None = N
 
             guide = MarkDCTParamMessenger(mark.plate)(guide)
 
+    _check_evaluation(config, model, data)
     order = BatchOrder(data.size, trainer.batch_size, config.seed, backend.rank, backend.size)
     steps_per_epoch = math.ceil(order.steps_per_epoch / trainer.accumulate_grad_batches)
     if trainer.epochs is not None:
@@ -171,6 +172,26 @@ def _check_batch_size(batch_size: int | None, rows: int, ranks: int) -> None:
             key="trainer.batch_size",
             value=batch_size,
             hint=f"Use at most {rows // ranks} (batch_size is per rank)",
+        )
+
+
+def _check_evaluation(config: RunConfig, model: Callable, data: Dataset) -> None:
+    """Evaluation during training needs a model that evaluates and rows held out to score."""
+    every = config.trainer.eval_every
+    if every is None:
+        return
+    if getattr(model, "evaluate", None) is None:
+        raise PyrotrainError(
+            "this model has no evaluate method, so there is nothing to evaluate during training",
+            key="trainer.eval_every",
+            value=every,
+            hint="Leave eval_every null, or give the model evaluate(guide, data, num_samples)",
+        )
+    if not data.eval:
+        raise PyrotrainError(
+            "the data holds out no rows to evaluate on (data.eval_fraction=0)",
+            key="trainer.eval_every",
+            value=every,
         )
 
 

@@ -73,6 +73,13 @@ def _job(cfg: DictConfig) -> float:
                 for k, v in summary["eval"].items()
             )
         )
+    if summary.get("stopped_early_at") is not None:
+        best = summary["best"]
+        console.print(
+            f"stopped early at step {summary['stopped_early_at']}: {best['monitor']} last "
+            f"improved at step {best['step']} ({best['value']:.6g}); its parameters are in "
+            "checkpoints/best.pt"
+        )
     from .plots import plot_run
 
     plot_run(run_dir)
@@ -81,7 +88,10 @@ def _job(cfg: DictConfig) -> float:
 
 
 def objective(summary: dict, path: str) -> float:
-    """The summary value at a dotted ``path`` (``eval.rmse``), returned to Hydra's sweeper."""
+    """The summary value at a dotted ``path`` (``eval.rmse``), returned to Hydra's sweeper;
+    ``best`` is the best value of the early-stopping monitor."""
+    if path == "best" and summary.get("best"):
+        return float(summary["best"]["value"])
     value: Any = summary
     for part in path.split("."):
         if not isinstance(value, dict) or part not in value:

@@ -40,6 +40,11 @@ class LoopState:
     epoch_losses: list[float] = field(default_factory=list)
     skipped: int = 0  # non-finite steps skipped
     bad_in_a_row: int = 0
+    # trainer.early_stopping's monitor: the best value and its step, checks since it improved
+    best_value: float | None = None
+    best_step: int | None = None
+    bad_checks: int = 0
+    stopped_early_at: int | None = None
 
 
 @dataclass
@@ -188,6 +193,7 @@ class Trainer:
         self.smoothed = SmoothedLoss(self.settings.smoothing)
         self._last_params: set[torch.Tensor] = set()
         self._epoch_of_last_batch = 0
+        self._best_state: dict[str, Any] | None = None  # the best params, not yet in best.pt
 
     def fit(self) -> dict[str, Any]:
         """Train to the run's last step; return the summary (also written as summary.json)."""
@@ -211,7 +217,8 @@ class Trainer:
             for step in range(first, total + 1):
                 if step == first + 1:  # throughput leaves out the first step's one-time setup
                     after_first = time.perf_counter()
-                logs = step % t.log_every == 0 or step == total
+                evals = t.eval_every is not None and (step % t.eval_every == 0 or step == total)
+                logs = step % t.log_every == 0 or step == total or evals
                 loss, rows, norms, stop = self._step(step, first, logs, batches, signals, window)
                 self.state.step, self.state.consumed = step, self.state.consumed + self.accumulate
                 window.samples += rows * run.backend.size
@@ -219,16 +226,30 @@ class Trainer:
                 if step % run.steps_per_epoch == 0:
                     run.stack.end_epoch(_mean(self.state.epoch_losses))
                     self.state.epoch_losses = []
+                early = False
                 if logs:
                     lrs = run.stack.lrs()
                     row = self._metrics_row(step, lrs, norms, window, start)
+                    if evals:
+                        row.update(self._evaluate_during_training())
                     metrics.write(row)
-                    display.update(step, self.smoothed.value, lrs, row["steps_per_s"])
+                    display.update(
+                        step, self.smoothed.value, lrs, row["steps_per_s"], self._shown(row)
+                    )
                     window = _Window(time.perf_counter())
+                    early = self._monitor(step, row)
                 if stop and step < total:  # at the last step, finishing is quicker
                     self._stop(stop, signals.signum, metrics)
-                if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == total:
+                if early:
+                    self.state.stopped_early_at = step
+                if (
+                    (t.checkpoint_every and step % t.checkpoint_every == 0)
+                    or step == total
+                    or early
+                ):
                     self._checkpoint(metrics)
+                if early:
+                    break
         finally:
             display.close()
             metrics.close()
@@ -408,19 +429,28 @@ class Trainer:
         self, loss: float, first: int, start: float, after_first: float, end: float
     ) -> dict[str, Any]:
         run, backend = self.run, self.run.backend
-        total = run.total_steps
         wall = end - start
         in_sync = backend.params_in_sync()
         evaluation = self._evaluate()  # on every rank: the same numbers, for sweepers on each
-        done = total - first + 1
+        done = self.state.step - first + 1
         timed_steps, timed = (done - 1, end - after_first) if done > 1 else (1, wall)
         rows_per_step = self.settings.batch_size or run.order.rows_per_rank
         samples_per_rank = timed_steps * self.accumulate * rows_per_step / timed
+        monitor = self.settings.early_stopping.monitor
+        best = None
+        if monitor is not None and self.state.best_step is not None:
+            best = {
+                "monitor": monitor,
+                "value": self.state.best_value,
+                "step": self.state.best_step,
+            }
         return {
             "final_loss": loss,
             "smoothed_loss": self.smoothed.value,
-            "steps": total,
-            "epochs": math.ceil(total / run.steps_per_epoch),
+            "steps": self.state.step,
+            "stopped_early_at": self.state.stopped_early_at,
+            "best": best,
+            "epochs": math.ceil(self.state.step / run.steps_per_epoch),
             "resumed_from_step": first - 1 if run.resume is not None else None,
             "skipped_steps": self.state.skipped,
             "wall_time_s": wall,
@@ -445,6 +475,57 @@ class Trainer:
         with torch.no_grad():
             return evaluate(run.guide, run.data, num_samples=self.settings.eval_num_samples)
 
+    def _evaluate_during_training(self) -> dict[str, float]:
+        """``eval/METRIC`` of the model's evaluate now, leaving the training's RNG as it was (so
+        that evaluating changes nothing a run without it would do)."""
+        from .checkpoint import get_rng_state, set_rng_state
+
+        rng = get_rng_state()
+        try:
+            result = self._evaluate() or {}
+        finally:
+            set_rng_state(rng)
+        # Floats only: counts (n, horizon) are not metrics.
+        return {f"eval/{k}": v for k, v in result.items() if isinstance(v, float)}
+
+    def _shown(self, row: dict[str, Any]) -> str:
+        """The evaluation metric the progress display shows: the monitored one, else the first."""
+        monitor = self.settings.early_stopping.monitor
+        keys = [k for k in row if k.startswith("eval/") and isinstance(row[k], float)]
+        if monitor in row and monitor != "smoothed_loss":
+            keys = [monitor]
+        return f"{keys[0]} {row[keys[0]]:.4g}" if keys else ""
+
+    def _monitor(self, step: int, row: dict[str, Any]) -> bool:
+        """Track trainer.early_stopping's monitor on a logging step; True: stop now. Rank 0
+        decides (every rank computes the same values) and the others follow."""
+        rule = self.settings.early_stopping
+        if rule.monitor is None or rule.monitor not in row and not rule.monitor.startswith("eval/"):
+            return False
+        if rule.monitor not in row:
+            if not any(k.startswith("eval/") for k in row):
+                return False  # no evaluation on this step
+            raise PyrotrainError(
+                "the model's evaluate returns no such metric",
+                key="trainer.early_stopping.monitor",
+                value=rule.monitor,
+                choices=[k for k in row if k.startswith("eval/")] + ["smoothed_loss"],
+            )
+        value = float(row[rule.monitor])
+        state = self.state
+        if math.isfinite(value) and rule.improves(value, state.best_value):
+            state.best_value, state.best_step, state.bad_checks = value, step, 0
+            if self.writes:
+                store = pyro.get_param_store().get_state()
+                self._best_state = {
+                    "params": {k: v.detach().clone() for k, v in store["params"].items()},
+                    "constraints": dict(store["constraints"]),
+                }
+        else:
+            state.bad_checks += 1
+        stop = state.bad_checks >= rule.patience
+        return bool(self.run.backend.broadcast_object(stop))
+
     # -- checkpoints, resume, stopping ----------------------------------------------------------
 
     def _checkpoint(self, metrics: MetricsSinks) -> None:
@@ -457,6 +538,23 @@ class Trainer:
             return
         assert self.run_dir is not None
         metrics.flush()
+        if self._best_state is not None:  # before the step's checkpoint, whose state names it
+            from .checkpoint import save_best
+
+            save_best(
+                {
+                    "format": FORMAT,
+                    "kind": "best",
+                    "step": self.state.best_step,
+                    "monitor": self.settings.early_stopping.monitor,
+                    "value": self.state.best_value,
+                    "param_store": self._best_state,
+                    "config": run.config.plain,
+                    "versions": versions(),
+                },
+                self.run_dir,
+            )
+            self._best_state = None
         payload = {
             "format": FORMAT,
             "step": self.state.step,
