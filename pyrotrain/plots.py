@@ -125,8 +125,8 @@ def _plot_eval(run_dir: Path, rows: list[dict]) -> Path | None:
     keys = sorted({k for r in rows for k in r if k.startswith("eval/")})
     if not keys:
         return None
-    constant = {k: _series(rows, k)[1] for k in keys}
-    constant = {k: v[0] for k, v in constant.items() if len(v) > 1 and len(set(v)) == 1}
+    courses = {k: _series(rows, k)[1] for k in keys}
+    constant = {k: v[0] for k, v in courses.items() if len(v) > 1 and len(set(v)) == 1}
     keys = [k for k in keys if k not in constant] or keys
     monitor, mode = _monitor(run_dir)
     plt = _pyplot()

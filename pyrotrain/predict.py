@@ -111,8 +111,9 @@ def load_run(run_dir: str | Path, checkpoint: str | None = None) -> Any:
             value=str(run_dir),
             hint="Give the directory a pyrotrain run printed at its end ('run dir: ...')",
         )
-    plain = OmegaConf.to_container(OmegaConf.load(config_file), resolve=True)
-    assert isinstance(plain, dict)
+    plain: dict[str, Any] = OmegaConf.to_container(  # type: ignore[assignment]
+        OmegaConf.load(config_file), resolve=True
+    )
     cwd = _hydra_cwd(run_dir)
     if cwd is not None:  # relative paths of the run's own data and code are the run's
         path = plain.get("data", {}).get("path")
