@@ -311,8 +311,17 @@ def predictive_samples(run: Any, rows: Rows, num_samples: int) -> torch.Tensor:
             "obs_site = 'NAME'",
         )
     value = samples[site]
-    if value.shape[1:2] != (n,):
-        value = value.reshape(num_samples, n, *value.shape[value.dim() - (value.dim() - 2) :])
+    while value.dim() > 2 and value.shape[1] == 1 and n != 1:  # a plate's leading singleton dim
+        value = value.squeeze(1)
+    if value.dim() < 2 or value.shape[1] != n:
+        raise PyrotrainError(
+            f"the observation site '{site}' has shape {tuple(value.shape[1:])} per draw, which "
+            f"does not start with the {n} input rows",
+            key="model",
+            value=run.config.model.name,
+            hint="Put the observation in a plate over the rows, or give the model a "
+            "predict(guide, rows, num_samples) method",
+        )
     return value
 
 
@@ -400,9 +409,8 @@ def _future_labels(run: Any, horizon: int) -> tuple[str, list[str]]:
     info = run.data.info
     last = run.data.eval.get("t", run.data.train.get("t"))
     name = info.get("time") or "time"
-    if last is None:
-        n = run.data.size + next(iter(run.data.eval.values())).shape[0] if run.data.eval else 0
-        n = n or run.data.size
+    if last is None:  # a forecasting model without a time column: number the steps
+        n = run.data.size + (next(iter(run.data.eval.values())).shape[0] if run.data.eval else 0)
         return "step", [str(n + k) for k in range(horizon)]
     cal = Calendar.from_info(info.get("calendar"))
     t_end = float(last[-1])
@@ -476,6 +484,8 @@ def plot_forecast(
     )
     every = labels + future_labels
     ticks = xs[:: max(1, len(xs) // 8)]
+    if xs[-1] - ticks[-1] > len(xs) // 16:  # label the forecast's end too
+        ticks.append(xs[-1])
     ax.set_xticks(ticks, [every[i] for i in ticks], rotation=30, ha="right", fontsize="small")
     ax.set_ylabel(str(data.info.get("target", "y")))
     ax.set_title(f"forecast of {h} steps after {every[n_train + n_eval - 1]}")

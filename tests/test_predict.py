@@ -226,3 +226,22 @@ def test_predict_refuses_bad_input_with_one_paragraph(tmp_path, capsys):
     (run / "params.pt").unlink()
     code, out = predict(run, capsys=capsys)
     assert code == 2 and "no params.pt" in out
+
+
+@pytest.mark.slow
+def test_timeseries_defaults_beat_seasonal_naive_on_a_monthly_csv_with_dates(tmp_path):
+    """The Mauna Loa series (44 years) as a user's CSV with ISO months: the defaults infer the
+    period and forecast the last 10% better than repeating the last season."""
+    from pyrotrain.models.timeseries import CO2_CSV
+
+    with CO2_CSV.open() as f:
+        rows = list(csv.DictReader(f))
+    path = tmp_path / "co2.csv"
+    lines = [f"{int(r['year'])}-{int(r['month']):02d},{r['co2']}" for r in rows]
+    path.write_text("month,co2\n" + "\n".join(lines) + "\n")
+    args = ["data=csv", f"data.path={path}", "data.target=co2", "data.time=month"]
+    cfg = pyrotrain.compose(["model=timeseries", *args, "data.eval_fraction=0.1", *QUIET])
+    assert cfg.model.period is None and cfg.trainer.steps == 1000  # the defaults
+    ev = pyrotrain.train(cfg)["eval"]
+    assert ev["horizon"] == 53
+    assert ev["mae"] < ev["seasonal_naive_mae"] and ev["mae"] < ev["naive_mae"], ev
