@@ -92,6 +92,8 @@ class SparseRatings:
     :param rank: columns of the user and item factors ``p``, ``q`` (0: effects only).
     """
 
+    parallel_predict = True  # pyrotrain-predict may draw all samples at once (vectorized)
+
     def __init__(self, data, rank: int = 2):
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
             raise PyrotrainError(

@@ -297,8 +297,14 @@ def predictive_samples(run: Any, rows: Rows, num_samples: int) -> torch.Tensor:
 
     site = obs_site(model)
     kwargs = _accepted(model, rows.tensors)
+    # All draws at once in an outer plate, for a model that declares it broadcasts over one.
+    parallel = bool(getattr(model, "parallel_predict", False))
     predictive = Predictive(
-        _Unobserved(site)(model), guide=guide, num_samples=num_samples, return_sites=[site]
+        _Unobserved(site)(model),
+        guide=guide,
+        num_samples=num_samples,
+        return_sites=[site],
+        parallel=parallel,
     )
     with torch.no_grad():
         samples = predictive(**kwargs)

@@ -21,8 +21,10 @@ from .distributed import is_main_process
 from .plots import job_labels, plot_run, plot_sweep, sweep_jobs
 
 
-def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per finished job, best (lowest smoothed final loss) first."""
+def collect(sweep_dir: Path, by_best: str | None = None) -> list[dict[str, Any]]:
+    """One row per finished job, best first: the lowest smoothed final loss, or with
+    ``by_best`` (``trainer.objective=best``: the monitor's mode, ``min`` or ``max``) the best
+    monitored value."""
     rows = []
     jobs = sweep_jobs(sweep_dir)
     labels = job_labels(jobs)
@@ -40,13 +42,16 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
                 "eval": s.get("eval") or {},
                 "steps_per_s": s.get("steps_per_s"),
                 "steps": s.get("steps"),
+                "best": (s.get("best") or {}).get("value"),
                 "run_dir": str(job),
             }
         )
 
     def key(row):
-        v = row["smoothed_loss"]
-        return v if isinstance(v, (int, float)) and math.isfinite(v) else math.inf
+        v = row["smoothed_loss"] if by_best is None else row["best"]
+        if not isinstance(v, (int, float)) or not math.isfinite(v):
+            return math.inf
+        return -v if by_best == "max" else v
 
     rows.sort(key=key)
     for rank, row in enumerate(rows, 1):
@@ -63,6 +68,7 @@ def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
         "overrides",
         "smoothed_loss",
         "final_loss",
+        "best",
         *[f"eval.{k}" for k in eval_keys],
         "steps_per_s",
         "steps",
@@ -92,13 +98,15 @@ def print_table(rows: list[dict[str, Any]], sweep_dir: Path, console: Console) -
     table = Table(title=f"Sweep {sweep_dir} ({len(rows)} jobs, best first)", title_justify="left")
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("job: overrides", overflow="fold", min_width=16, ratio=1)
-    for col in ["smoothed loss", *eval_keys, "steps/s"]:
+    by_best = any(r.get("best") is not None for r in rows)
+    for col in ["smoothed loss", *(["best"] if by_best else []), *eval_keys, "steps/s"]:
         table.add_column(col, justify="right", no_wrap=True)
     for r in rows:
         table.add_row(
             str(r["rank"]),
             f"{r['job']}: {r['overrides']}",
             _fmt(r["smoothed_loss"]),
+            *([_fmt(r.get("best"))] if by_best else []),
             *[_fmt(r["eval"].get(k)) for k in eval_keys],
             _fmt(r["steps_per_s"]),
         )
@@ -114,7 +122,11 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        rows = collect(sweep_dir)
+        trainer = config.get("trainer") or {}
+        by_best = None
+        if trainer.get("objective") == "best":
+            by_best = (trainer.get("early_stopping") or {}).get("mode", "min")
+        rows = collect(sweep_dir, by_best)
         if not rows:
             return
         write_summary(sweep_dir, rows)
