@@ -238,6 +238,26 @@ class TimeSeries:
         z = z + g["obs_scale"][:, None] * torch.randn(num_samples, horizon)
         return self.center + self.spread * z
 
+    def predict(self, guide, rows: dict, num_samples: int = 100) -> torch.Tensor:
+        """In-sample posterior predictive ``(num_samples, T)`` of the training series ``rows["y"]``,
+        in the series' units (the model observes it in percent of its std)."""
+        from pyro.infer import Predictive
+
+        y = rows["y"]
+        T = y.shape[0]
+        if T != self.length:
+            raise PyrotrainError(
+                f"the model was trained on {self.length} steps and can predict those (or "
+                f"forecast after them), not {T} other rows",
+                key="--split",
+                hint="Use the held-out split (the default) or --horizon",
+            )
+        predictive = Predictive(
+            poutine.uncondition(self), guide=guide, num_samples=num_samples, return_sites=["obs"]
+        )
+        z = predictive(y, index=torch.arange(T), size=T)["obs"].reshape(num_samples, T)
+        return self.center + self.spread * z
+
     def evaluate(self, guide, data, num_samples: int = 100) -> dict:
         """Forecast the held-out steps: MAE of the median, CRPS, and naive forecasts' MAE."""
         y, future = data.train["y"], data.eval["y"]

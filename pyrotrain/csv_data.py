@@ -4,8 +4,9 @@
     pyrotrain data=csv data.path=sales.csv data.target=units data.time=week model=timeseries
 
 The loader yields ``x`` (rows x features), ``y`` (the target) and, when ``time`` is given, ``t``
-(the time column). With ``time`` the rows are sorted by it and the last ``eval_fraction`` of them
-are held out (a forecast split); without it the held-out rows are drawn at random with the seed.
+(the time column: numbers, or ISO dates as step numbers, see :mod:`pyrotrain.dates`). With
+``time`` the rows are sorted by it and the last ``eval_fraction`` of them are held out (a forecast
+split); without it the held-out rows are drawn at random with the seed.
 
 Nothing is dropped or replaced quietly: an empty or repeated column name, a row with more or fewer
 values than the header, and text or an empty cell in a column that is used are errors naming the

@@ -533,7 +533,11 @@ def predict(opts: Options, console: Any = None) -> dict[str, Any]:
         )
     rows = input_rows(run, opts.overrides, opts.split)
     out = opts.out or Path(opts.run_dir) / "predictions.csv"
-    summary: dict[str, Any] = {"rows": len(rows.labels), "predictions": str(out)}
+    summary: dict[str, Any] = {
+        "rows": len(rows.labels),
+        "predictions": str(out),
+        "split": rows.split,
+    }
     target = target_name(run.model)
     band = (quantile_name(min(opts.quantiles)), quantile_name(max(opts.quantiles)))
     every_q = tuple(sorted(set(opts.quantiles) | {*BAND, 0.5}))
@@ -555,7 +559,9 @@ def predict(opts: Options, console: Any = None) -> dict[str, Any]:
                 "its observation site observes",
             )
         columns = {k: v for k, v in stats.items() if k in shown}
-        write_text(out, table_text(rows.label, rows.labels, columns, target, truth))
+        # The target's column is named as the data names it (data.target), else by its tensor.
+        shown_target = rows.info.get("target", target) if target == "y" else target
+        write_text(out, table_text(rows.label, rows.labels, columns, shown_target, truth))
         if truth is not None:
             summary["scores"] = scores(truth, stats, band if len(opts.quantiles) > 1 else None)
         if opts.horizon is not None:
@@ -669,7 +675,10 @@ def _print_summary(summary: dict[str, Any], console: Any) -> None:
     if "scores" in summary:
         s = summary["scores"]
         parts = [f"{k} {v:.4g}" for k, v in s.items() if k != "rows"]
-        console.print("held-out scores: " + "  ".join(parts))
+        what = {"eval": "held-out", "train": "training-row"}.get(
+            summary.get("split", ""), "new-row"
+        )
+        console.print(f"{what} scores: " + "  ".join(parts))
     if "forecast" in summary:
         console.print(
             f"forecast of {summary['horizon']} steps, {summary['forecast_from']} to "

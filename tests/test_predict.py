@@ -83,7 +83,7 @@ def test_predict_on_every_builtin_model(name, tmp_path, capsys):
     rows = read_rows(tmp_path / "predictions.csv")
     n = summary["eval"]["horizon" if name == "timeseries" else "n"]
     assert len(rows) == n and f"{n} rows" in out
-    target = "x" if name == "neural" else "y"
+    target = {"neural": "x", "timeseries": "co2"}.get(name, "y")
     suffix = "_0" if name == "neural" else ""
     first = "time" if name == "timeseries" else "index"
     expected = [first, target + suffix, "mean" + suffix, "std" + suffix, "q05" + suffix]
@@ -97,7 +97,7 @@ def test_predict_on_every_builtin_model(name, tmp_path, capsys):
             assert q05 <= q50 <= q95, row
     if score is not None:
         # The predictions' own score against the run's evaluation: the same posterior, drawn anew.
-        y = torch.tensor([float(r["y"]) for r in rows])
+        y = torch.tensor([float(r[target]) for r in rows])
         center = torch.tensor([float(r["q50" if score == "mae" else "mean"]) for r in rows])
         mine = (
             (center - y).abs().mean() if score == "mae" else (center - y).pow(2).mean().sqrt()
@@ -139,6 +139,12 @@ def test_forecast_on_a_csv_with_dates_continues_its_dates(tmp_path, capsys):
     # The forecast follows the season: January's rise to April's peak.
     medians = [float(r["q50"]) for r in forecast]
     assert medians[3] > medians[0]
+    # In-sample predictions are in the series' units, close to it.
+    code, out = predict(run, "--split", "train", "--out", tmp_path / "fit.csv", capsys=capsys)
+    assert code == 0 and "training-row scores" in out, out
+    fit = read_rows(tmp_path / "fit.csv")
+    assert len(fit) == 84 and fit[0]["month"] == "1990-01"
+    assert all(abs(float(r["mean"]) - float(r["sales"])) < 3 for r in fit)
 
 
 @pytest.mark.parametrize(
