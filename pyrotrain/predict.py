@@ -196,6 +196,14 @@ def _new_rows(run: Any, overrides: list[str]) -> Rows:
 
     for item in overrides:
         key = item.partition("=")[0]
+        if key in ("data.name", "data"):
+            raise PyrotrainError(
+                "the rows to predict come from the run's dataset with other settings; another "
+                "dataset would not match what the model was built for",
+                key=key,
+                value=item.partition("=")[2],
+                hint="Change the dataset's settings instead, e.g. data.path=new.csv",
+            )
         if "=" not in item or not key.startswith("data."):
             raise PyrotrainError(
                 "pyrotrain-predict takes data overrides only (the rows to predict); the model, "
@@ -228,13 +236,11 @@ def _new_rows(run: Any, overrides: list[str]) -> Rows:
             kwargs.get("dtype", "float32"),
             target_required=False,
         )
-        stats = run.data.info.get("standardized", {}).get("x")
-        if stats is not None:
-            mean, std = torch.tensor(stats["mean"]), torch.tensor(stats["std"])
-            tensors["x"] = (tensors["x"] - mean) / std
-            if "y" in tensors and "y" in run.data.info["standardized"]:
-                y = run.data.info["standardized"]["y"]
-                tensors["y"] = (tensors["y"] - y["mean"]) / y["std"]
+        # The run's standardization, with its training rows' statistics (data.standardize).
+        for name, stats in run.data.info.get("standardized", {}).items():
+            if name in tensors:
+                mean, std = torch.tensor(stats["mean"]), torch.tensor(stats["std"])
+                tensors[name] = (tensors[name] - mean) / std
         info = {**run.data.info, **{k: v for k, v in info.items() if k != "standardized"}}
     else:
         if "eval_fraction" in kwargs:
