@@ -26,6 +26,7 @@ from .config import RunConfig, parse_config
 from .data import BatchOrder, Dataset
 from .distributed import Backend, create_backend
 from .errors import PyrotrainError
+from .metrics import screen
 from .optim.spec import GroupSpec
 from .optim.stack import OptimizerStack
 from .registry import (
@@ -95,7 +96,7 @@ def build(cfg: RunConfig | DictConfig | dict[str, Any], run_dir: Path | None = N
     device = _resolve_device(trainer.device)
     dtype = getattr(torch, trainer.dtype)
     data = _build_data(config.data, config.seed).to(device, dtype)
-    _check_batch_size(trainer.batch_size, data.size, backend.size)
+    batch_size = _batch_size(trainer.batch_size, data.size, backend)
 
     pyro.set_rng_seed(config.seed)  # models may draw their initial weights (nn.Linear) when built
     with torch_defaults(dtype, device):
@@ -104,14 +105,8 @@ def build(cfg: RunConfig | DictConfig | dict[str, Any], run_dir: Path | None = N
         elbo = call_with_kwargs(
             ELBOS.get(config.elbo.name, "elbo.name"), config.elbo.kwargs, "elbo"
         )
-    for mark in config.dct_marks:
-        if mark.plate is not None:
-            from pyro.contrib.forecast.util import MarkDCTParamMessenger  # a costly import
-
-            guide = MarkDCTParamMessenger(mark.plate)(guide)
-
     _check_evaluation(config, model, data)
-    order = BatchOrder(data.size, trainer.batch_size, config.seed, backend.rank, backend.size)
+    order = BatchOrder(data.size, batch_size, config.seed, backend.rank, backend.size)
     steps_per_epoch = math.ceil(order.steps_per_epoch / trainer.accumulate_grad_batches)
     if trainer.epochs is not None:
         total_steps = trainer.epochs * steps_per_epoch
@@ -122,6 +117,7 @@ def build(cfg: RunConfig | DictConfig | dict[str, Any], run_dir: Path | None = N
     stack = OptimizerStack(
         groups, config.dct_marks, total_steps=total_steps, total_epochs=total_epochs
     )
+    guide = stack.mark_guide(guide)  # dct: [{plate: ...}] marks what the guide creates there
     shape = shape_of(config.plain, stack.layout(), backend.size)
     resume = _load_resume(config, run_dir, backend, shape, total_steps)
     return Run(
@@ -155,9 +151,11 @@ def _resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _check_batch_size(batch_size: int | None, rows: int, ranks: int) -> None:
+def _batch_size(batch_size: int | None, rows: int, backend: Backend) -> int | None:
+    """The batch each rank draws: ``trainer.batch_size``, or the rank's whole shard when the
+    shard is smaller (with a warning; several ranks split the rows between them)."""
     if batch_size is None:
-        return
+        return None
     if batch_size > rows:
         raise PyrotrainError(
             f"the batch is larger than the training data ({rows} rows)",
@@ -165,14 +163,25 @@ def _check_batch_size(batch_size: int | None, rows: int, ranks: int) -> None:
             value=batch_size,
             hint=f"Use at most {rows}, or null for the full data",
         )
-    if ranks > 1 and batch_size > rows // ranks:
+    shard = rows // backend.size
+    if shard < 1:
         raise PyrotrainError(
-            f"each of the {ranks} ranks trains on {rows // ranks} of the {rows} rows, fewer "
-            "than one batch",
-            key="trainer.batch_size",
-            value=batch_size,
-            hint=f"Use at most {rows // ranks} (batch_size is per rank)",
+            f"{backend.size} ranks cannot share {rows} rows: a rank would get none",
+            key="distributed",
+            value=backend.size,
+            hint=f"Run at most {rows} ranks",
         )
+    if batch_size > shard:
+        if backend.is_main:
+            screen(stderr=True).print(
+                f"[yellow]warning:[/] trainer.batch_size={batch_size} is more than each of the "
+                f"{backend.size} ranks' share of the {rows} rows: each rank's batch is its whole "
+                f"shard of {shard} rows (batch_size is per rank; set it to at most {shard} to "
+                "keep minibatches)",
+                highlight=False,
+            )
+        return shard
+    return batch_size
 
 
 def _check_evaluation(config: RunConfig, model: Callable, data: Dataset) -> None:

@@ -11,19 +11,19 @@ import re
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
 
 import hydra
 import torch
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import (
     ConfigCompositionException,
     MissingConfigException,
     OverrideParseException,
 )
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from rich.console import Console
 from rich.markup import escape
 
 from .config import moved_keys
@@ -31,12 +31,14 @@ from .distributed import (
     failure_message,
     is_main_process,
     launch_env,
-    process_rank,
     start_process,
 )
-from .errors import PyrotrainError
-from .loop import train
+from .errors import PyrotrainError, exit_with, show_warnings_plainly
+from .loop import objective_value, train
+from .metrics import screen
 from .outputs import undo as undo_outputs
+from .registry import describe_exception
+from .sweep import record_failure
 
 EXIT_USAGE = 2
 _show_traceback = False  # HYDRA_FULL_ERROR=1 as the user set it
@@ -47,27 +49,45 @@ def _job(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     _limit_threads_for_parallel_jobs(hydra_cfg.launcher)
+    # In a sweep, a job that diverges or fails is recorded and the sweep goes on (one process;
+    # under a launcher, one rank down still ends the job everywhere).
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    launch = launch_env()
+    survives = in_sweep and not _show_traceback and (launch is None or launch.size == 1)
+    label = f"[job {hydra_cfg.job.num}]" if in_sweep else ""
+    objective = OmegaConf.select(cfg, "trainer.objective", default="smoothed_loss")
     try:
-        summary = train(cfg, run_dir)
+        summary = train(cfg, run_dir, label=label)
     except PyrotrainError as exc:
         if exc.exit_code == EXIT_USAGE and is_main_process():
             undo_outputs(run_dir)  # bad input writes nothing
         if _show_traceback:
             raise
+        if survives and exc.exit_code == 1:  # a non-finite loss or gradient
+            return _job_failed(run_dir, label, "diverged", str(exc))
         if exc.exit_code != EXIT_USAGE and not is_main_process():
             sys.exit(exc.exit_code)  # rank 0 says why the job stopped
         # Exit here: an exception would make Hydra print its own report before ours.
-        _report(str(exc), exc.exit_code)
+        exit_with(str(exc), exc.exit_code)
+    except Exception as exc:
+        if not survives or user_error_message(exc) is not None:
+            raise
+        return _job_failed(run_dir, label, "failed", describe_exception(exc), exc)
+    try:
+        value = objective_value(summary, objective)
+    except PyrotrainError as exc:
+        exit_with(str(exc))
     if not is_main_process():  # rank 0 speaks for the job
-        return objective(summary, cfg.trainer.get("objective", "smoothed_loss"))
-    console = Console()
+        return value
+    console = screen()
+    tag = escape(f"{label} ") if label else ""
     console.print(
-        f"final loss {summary['final_loss']:.6g} (smoothed {summary['smoothed_loss']:.6g}) "
+        f"{tag}final loss {summary['final_loss']:.6g} (smoothed {summary['smoothed_loss']:.6g}) "
         f"after {summary['steps']} steps, {summary['steps_per_s']:.1f} steps/s"
     )
     if summary.get("eval"):
         console.print(
-            "eval "
+            f"{tag}eval "
             + "  ".join(
                 f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                 for k, v in summary["eval"].items()
@@ -83,31 +103,26 @@ def _job(cfg: DictConfig) -> float:
     from .plots import plot_run
 
     plot_run(run_dir)
-    console.print(f"run dir: {run_dir}")
-    return objective(summary, cfg.trainer.get("objective", "smoothed_loss"))
+    console.print(f"{tag}run dir: {escape(str(run_dir))}")
+    return value
 
 
-def objective(summary: dict, path: str) -> float:
-    """The summary value at a dotted ``path`` (``eval.rmse``), returned to Hydra's sweeper;
-    ``best`` is the best value of the early-stopping monitor."""
-    if path == "best" and summary.get("best"):
-        return float(summary["best"]["value"])
-    value: Any = summary
-    for part in path.split("."):
-        if not isinstance(value, dict) or part not in value:
-            choices = ["smoothed_loss", "final_loss"] + [
-                f"eval.{k}" for k in (summary.get("eval") or {})
-            ]
-            _report(
-                PyrotrainError(
-                    "no such value in the run's summary",
-                    key="trainer.objective",
-                    value=path,
-                    choices=choices,
-                ).message()
-            )
-        value = value[part]
-    return float(value)
+def _job_failed(
+    run_dir: Path, label: str, status: str, reason: str, exc: BaseException | None = None
+) -> float:
+    """Record a sweep job that diverged or failed (its summary.json says so, with the reason;
+    error.txt holds the traceback of a failure) and return NaN to the sweeper."""
+    detail = None
+    if exc is not None:
+        detail = "".join(traceback.format_exception(exc))
+    path = record_failure(run_dir, status, _one_paragraph(reason), detail)
+    where = f" (traceback: {run_dir / 'error.txt'})" if detail else ""
+    screen(stderr=True).print(
+        f"[bold red]{escape(label)} {status}:[/] {escape(_one_paragraph(reason))}{escape(where)} "
+        f"The sweep goes on; this job is marked {status} in {escape(str(path))}.",
+        highlight=False,
+    )
+    return float("nan")
 
 
 def _limit_threads_for_parallel_jobs(launcher: DictConfig) -> None:
@@ -137,6 +152,16 @@ def user_error_message(exc: BaseException) -> str | None:
     """The one-paragraph message for a mistake the user made, or None for anything else."""
     if isinstance(exc, PyrotrainError):
         return str(exc)
+    if isinstance(exc, yaml.YAMLError):  # a config file (--config-path, --config-dir) is broken
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = ": ".join(
+            str(p) for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p
+        )
+        return PyrotrainError(
+            f"the config file {where} is not valid YAML: {problem or exc}",
+            hint="Fix the file; 'pyrotrain --cfg job' prints the composed config once it loads",
+        ).message()
     if isinstance(exc, OSError) and exc.filename is not None and _from_hydras_setup(exc):
         sweep = any(a in ("-m", "--multirun") for a in sys.argv[1:])
         key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
@@ -178,21 +203,11 @@ def user_error_message(exc: BaseException) -> str | None:
     return None
 
 
-def _report(message: str, exit_code: int = EXIT_USAGE) -> None:
-    rank = process_rank()
-    tag = escape(f"[rank {rank}] ") if rank else ""
-    Console(stderr=True).print(
-        f"[bold red]{'error' if exit_code == EXIT_USAGE else 'stopped'}:[/] {tag}{escape(message)}",
-        highlight=False,
-        soft_wrap=True,
-    )
-    sys.exit(exit_code)
-
-
 def main() -> None:
     # Users' own models and data (model.target=mymodule:Model) import from the working directory.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    show_warnings_plainly()
     global _show_traceback
     user_wants_trace = _show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     # Hydra then re-raises instead of printing its own multi-paragraph report and exiting 1.
@@ -204,7 +219,7 @@ def main() -> None:
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once, without a checkpoint
         if user_wants_trace:
             raise
-        Console(stderr=True).print("[bold red]interrupted[/]", highlight=False)
+        screen(stderr=True).print("[bold red]interrupted[/]", highlight=False)
         sys.exit(130)
     except Exception as exc:
         message = user_error_message(exc)
@@ -214,13 +229,13 @@ def main() -> None:
             # One rank down ends the job: this rank exits (the launcher then stops the others,
             # and their pending collectives fail) with a message that names it.
             message = failure_message(exc, launch)
-            Console(stderr=True).print(
+            screen(stderr=True).print(
                 f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True
             )
             sys.exit(1)
         if message is None:
             raise
-        _report(message)
+        exit_with(message)
     finally:
         if not user_wants_trace:
             os.environ.pop("HYDRA_FULL_ERROR", None)

@@ -165,12 +165,29 @@ class TrainerConfig:
                 value=monitor,
                 hint="Set trainer.eval_every=N too, or monitor smoothed_loss",
             )
-        if self.objective == "best" and monitor is None:
+        objective = self.objective
+        if objective == "best":
+            if monitor is None:
+                raise PyrotrainError(
+                    "objective=best is the best value of the early-stopping monitor, and none "
+                    "is set",
+                    key=f"{key}.objective",
+                    value=objective,
+                    hint="Set trainer.early_stopping.monitor=smoothed_loss (or eval/METRIC)",
+                )
+        elif objective not in ("smoothed_loss", "final_loss") and not (
+            objective.startswith("eval.") and len(objective) > len("eval.")
+        ):
             raise PyrotrainError(
-                "objective=best is the best value of the early-stopping monitor, and none is set",
+                "a run returns one number from its summary to a sweeper",
                 key=f"{key}.objective",
-                value=self.objective,
-                hint="Set trainer.early_stopping.monitor=smoothed_loss (or eval/METRIC)",
+                value=objective,
+                choices=[
+                    "smoothed_loss",
+                    "final_loss",
+                    "eval.<metric> (e.g. eval.rmse)",
+                    "best (the early-stopping monitor's best value)",
+                ],
             )
 
 
@@ -217,6 +234,14 @@ def parse_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:
                 value=plain[key],
                 choices=TOP_LEVEL_KEYS,
             )
+    missing = [k for k in ("model", "data", "optim", "trainer") if k not in plain]
+    if missing:
+        raise PyrotrainError(
+            f"the config has no {', '.join(missing)} section",
+            key=missing[0],
+            hint="A config file of your own (--config-name) builds on pyrotrain's: begin it with "
+            "'defaults: [config, _self_]' (docs/configuration.md, 'Your own config file')",
+        )
     trainer = parse(TrainerConfig, plain.get("trainer"), "trainer")
     seed = coerce(plain.get("seed", 0), int, "seed", {"help": SEED_HELP, "minimum": 0})
     if seed > MAX_SEED:

@@ -24,11 +24,14 @@ from typing import Any
 import pyro
 import torch
 from pyro.poutine.messenger import Messenger
+from pyro.util import get_rng_state, set_rng_state
+from rich.markup import escape
 
 from .build import Run, build, torch_defaults
 from .errors import PyrotrainError, TrainingStopped
 from .io import save_params, write_json
-from .metrics import MetricsSinks, ProgressDisplay, SmoothedLoss
+from .metrics import MetricsSinks, ProgressDisplay, SmoothedLoss, screen
+from .registry import describe_exception
 
 
 @dataclass
@@ -178,15 +181,13 @@ def load_param_values(saved: dict[str, Any], key: str, source: str | None) -> No
 class Trainer:
     """Runs the SVI loop of a built :class:`Run` and writes its outputs to ``run_dir``."""
 
-    def __init__(self, run: Run, run_dir: Path | None = None, console: Any = None):
+    def __init__(self, run: Run, run_dir: Path | None = None, console: Any = None, label: str = ""):
         self.run = run
         self.writes = run_dir is not None and run.backend.is_main
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        if console is None:
-            from rich.console import Console
-
-            console = Console()
-        self.console = console
+        self.console = console if console is not None else screen()
+        self.label = label
+        self._tag = escape(f"{label} ") if label else ""  # before the loop's own messages
         self.settings = run.config.trainer
         self.accumulate = self.settings.accumulate_grad_batches
         self.state = LoopState()
@@ -208,7 +209,7 @@ class Trainer:
         total, first = run.total_steps, self.state.step + 1
         metrics = MetricsSinks(self.run_dir if self.writes else None, (run.config.logger,))
         display = ProgressDisplay(
-            total, t.progress if run.backend.is_main else "none", self.console
+            total, t.progress if run.backend.is_main else "none", self.console, self.label
         )
         window = _Window(time.perf_counter())
         start = after_first = window.start
@@ -217,9 +218,12 @@ class Trainer:
             for step in range(first, total + 1):
                 if step == first + 1:  # throughput leaves out the first step's one-time setup
                     after_first = time.perf_counter()
+                    window.start, window.steps, window.samples = after_first, 0, 0
                 evals = t.eval_every is not None and (step % t.eval_every == 0 or step == total)
                 logs = step % t.log_every == 0 or step == total or evals
                 loss, rows, norms, stop = self._step(step, first, logs, batches, signals, window)
+                if step == first:
+                    self._check_objective()
                 self.state.step, self.state.consumed = step, self.state.consumed + self.accumulate
                 window.samples += rows * run.backend.size
                 window.steps += 1
@@ -371,7 +375,7 @@ class Trainer:
             # The first batch is where a model meets its data: report the model's own words.
             shapes = {k: tuple(v.shape) for k, v in batch.items() if torch.is_tensor(v)}
             raise PyrotrainError(
-                f"the model failed on the first batch: {type(e).__name__}: {e}",
+                f"the model failed on the first batch: {describe_exception(e)}",
                 key="model",
                 value=run.config.model.name,
                 hint=f"The batch it was given: {shapes}. HYDRA_FULL_ERROR=1 shows the traceback",
@@ -434,7 +438,7 @@ class Trainer:
         evaluation = self._evaluate()  # on every rank: the same numbers, for sweepers on each
         done = self.state.step - first + 1
         timed_steps, timed = (done - 1, end - after_first) if done > 1 else (1, wall)
-        rows_per_step = self.settings.batch_size or run.order.rows_per_rank
+        rows_per_step = run.order.batch_size or run.order.rows_per_rank
         samples_per_rank = timed_steps * self.accumulate * rows_per_step / timed
         monitor = self.settings.early_stopping.monitor
         best = None
@@ -444,7 +448,15 @@ class Trainer:
                 "value": self.state.best_value,
                 "step": self.state.best_step,
             }
+        finite = math.isfinite(self.smoothed.value)
         return {
+            # Every step skipped as non-finite (trainer.nan_policy skip or reduce_lr) is no result.
+            "status": "finished" if finite else "diverged",
+            **(
+                {}
+                if finite
+                else {"reason": f"no step of the {self.state.skipped} had a finite loss"}
+            ),
             "final_loss": loss,
             "smoothed_loss": self.smoothed.value,
             "steps": self.state.step,
@@ -454,7 +466,7 @@ class Trainer:
             "resumed_from_step": first - 1 if run.resume is not None else None,
             "skipped_steps": self.state.skipped,
             "wall_time_s": wall,
-            "steps_per_s": done / wall,
+            "steps_per_s": timed_steps / timed,
             "samples_per_s_per_rank": samples_per_rank,
             "samples_per_s": samples_per_rank * backend.size,
             "world_size": backend.size,
@@ -465,6 +477,20 @@ class Trainer:
             "run_dir": str(self.run_dir) if self.run_dir else None,
             "versions": versions(),
         }
+
+    def _check_objective(self) -> None:
+        """An ``eval.<metric>`` objective must name a metric this run's evaluation produces:
+        checked once after the first step (the parameters exist then), not after the last. The
+        evaluation draws from its own seed; the training's random state is put back."""
+        objective = self.settings.objective
+        if not objective.startswith("eval."):
+            return
+        rng = get_rng_state()
+        try:
+            evaluation = self._evaluate()
+        finally:
+            set_rng_state(rng)
+        objective_value({"eval": evaluation}, objective)
 
     def _evaluate(self) -> dict[str, Any] | None:
         run = self.run
@@ -590,7 +616,7 @@ class Trainer:
         if changed and run.backend.is_main:
             for group, keys in changed.items():
                 for key, (was, now) in keys.items():
-                    self.console.print(f"resume: group {group} {key} {was} -> {now}")
+                    self.console.print(f"{self._tag}resume: group {group} {key} {was} -> {now}")
         set_rng_state(payload["rng"][run.backend.rank])
 
     def _non_finite(self, step: int, loss: float, bad: list[str], invalid: str | None) -> None:
@@ -634,7 +660,8 @@ class Trainer:
             self.run.stack.scale_lr(groups, t.nan_lr_factor)
         if self.run.backend.is_main:
             action = "skipped" if t.nan_policy == "skip" else f"skipped, lr x{t.nan_lr_factor}"
-            self.console.print(f"[yellow]step {step}: {where} is not finite; {action}[/]")
+            message = f"step {step}: {where} is not finite; {action}"
+            self.console.print(f"{self._tag}[yellow]{escape(message)}[/]")
 
     def _stop(self, stop: int, own: int, metrics: MetricsSinks) -> None:
         """A rank got SIGINT or SIGTERM: every rank ends after the same step, with a checkpoint."""
@@ -650,12 +677,36 @@ class Trainer:
         )
 
 
-def train(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
+def objective_value(summary: dict[str, Any], path: str) -> float:
+    """The summary's value at a dotted ``path`` (``trainer.objective``, e.g. ``eval.rmse``): what
+    a run returns to a sweeper. ``best`` is the early-stopping monitor's best value (NaN when it
+    never had a finite one)."""
+    if path == "best":
+        best = summary.get("best")
+        return float(best["value"]) if best else float("nan")
+    value: Any = summary
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            metrics = summary.get("eval") or {}
+            choices = ["smoothed_loss", "final_loss"] + [f"eval.{k}" for k in metrics]
+            why = (
+                "this run's evaluation has no such metric"
+                if metrics
+                else "this run has no held-out evaluation (the model has no evaluate() or the "
+                "data no held-out rows)"
+            )
+            raise PyrotrainError(why, key="trainer.objective", value=path, choices=choices)
+        value = value[part]
+    return float(value)
+
+
+def train(cfg: Any, run_dir: str | Path | None = None, label: str = "") -> dict[str, Any]:
     """Run one training job from a composed config; return its summary.
 
     The Pyro param store is cleared first and holds the trained parameters afterwards. Outputs
     (metrics.jsonl, params.pt, summary.json) are written to ``run_dir`` when it is given.
+    ``label`` prefixes the progress lines (``[job 3]`` in a sweep).
     """
     pyro.clear_param_store()
     out = Path(run_dir) if run_dir is not None else None
-    return Trainer(build(cfg, out), out).fit()
+    return Trainer(build(cfg, out), out, label=label).fit()

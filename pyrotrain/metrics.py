@@ -11,9 +11,16 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 
 if TYPE_CHECKING:
     from rich.progress import Progress
+
+
+def screen(stderr: bool = False) -> Console:
+    """The console pyrotrain prints through: lines are never hard-wrapped (piped output keeps
+    each message on one line; a terminal wraps long lines itself)."""
+    return Console(stderr=stderr, soft_wrap=True)
 
 
 class SmoothedLoss:
@@ -103,8 +110,9 @@ def _fmt_lrs(lrs: dict[str, float]) -> str:
 class ProgressDisplay:
     """A rich progress bar on a terminal, plain lines otherwise, or nothing (``mode='none'``)."""
 
-    def __init__(self, total: int, mode: str, console: Console | None = None):
-        self.console = console or Console(stderr=False)
+    def __init__(self, total: int, mode: str, console: Console | None = None, label: str = ""):
+        self.console = console or screen()
+        self.label = label  # "[job 3]" in a sweep, where parallel jobs share the screen
         if mode == "auto":
             mode = "bar" if self.console.is_terminal else "plain"
         self.mode = mode
@@ -127,7 +135,7 @@ class ProgressDisplay:
             # time go first (they are in metrics.jsonl and the final lines anyway).
             wide = self.console.width >= WIDE_TERMINAL
             columns = [
-                TextColumn("[bold]train"),
+                TextColumn(f"[bold]{escape(label or 'train')}"),
                 BarColumn(bar_width=None if wide else 10),
                 MofNCompleteColumn(),
                 *([TaskProgressColumn()] if wide else []),
@@ -175,8 +183,9 @@ class ProgressDisplay:
         elif self.mode == "plain":
             elapsed = time.perf_counter() - self._start
             eta = (self.total - step) / steps_per_s if steps_per_s > 0 else float("nan")
+            prefix = f"{self.label} " if self.label else ""
             print(
-                f"step {step}/{self.total}  loss {smoothed:.4g}  "
+                f"{prefix}step {step}/{self.total}  loss {smoothed:.4g}  "
                 + (f"{shown}  " if shown else "")
                 + f"lr {_fmt_lrs(lrs)}  "
                 f"{steps_per_s:.1f} steps/s  elapsed {elapsed:.1f}s  eta {eta:.1f}s",

@@ -93,6 +93,16 @@ def undo(job_dir: Path) -> None:
         (s for s in reversed(_snapshots) if job_dir == s.root or s.root in job_dir.parents), None
     )
     if snap is None:
+        # The config did not include pyrotrain's (and its OutputGuard): a directory holding only
+        # what Hydra writes for a job is Hydra's, made for this job.
+        if job_dir.is_dir() and all(
+            p.name == ".hydra" or p.suffix == ".log" for p in job_dir.iterdir()
+        ):
+            _clear_new_dir(job_dir)
+            for d in job_dir.parents:  # outputs/DATE, outputs: only if now empty
+                if d == Path.cwd() or not d.is_dir() or any(d.iterdir()):
+                    break
+                d.rmdir()
         return
     if job_dir != snap.root:  # a sweep's job directory, made for this job
         _clear_new_dir(job_dir)

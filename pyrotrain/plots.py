@@ -49,13 +49,58 @@ def _positive(values: list[float]) -> bool:
     return bool(values) and min(values) > 0
 
 
-def _save(fig, path: Path) -> Path:
+def _title(ax: Any, text: str) -> None:
+    """A title of several lines when it is long (a run's overrides can be)."""
+    import textwrap
+
+    lines = [textwrap.fill(line, 90) for line in text.split("\n")]
+    ax.set_title("\n".join(lines), fontsize=9 if len(text) > 60 else None)
+
+
+def _save(fig, path: Path, tight: bool = True) -> Path:
     from .io import atomic_write
 
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     _pyplot().close(fig)
     return path
+
+
+def run_title(run_dir: Path) -> str:
+    """What a run is, for its plots' titles: model, data, each group's optimizer (and the
+    scheduler), then the command-line overrides; the directory's name when there is no config."""
+    path = Path(run_dir) / ".hydra" / "config.yaml"
+    if not path.exists():
+        return Path(run_dir).name
+    import yaml
+
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+    def name(section: Any) -> str | None:
+        return section.get("name") if isinstance(section, dict) else section
+
+    groups = (cfg.get("optim") or {}).get("groups") or {}
+    optimizers = [
+        f"{g}: {name(spec.get('optimizer'))}"
+        if len(groups) > 1
+        else str(name(spec.get("optimizer")))
+        for g, spec in groups.items()
+        if isinstance(spec, dict)
+    ]
+    scheduler = name(cfg.get("scheduler"))
+    parts = [
+        str(name(cfg.get("model"))),
+        f"on {name(cfg.get('data'))}",
+        ", ".join(optimizers) + (f" + {scheduler}" if scheduler not in (None, "none") else ""),
+    ]
+    title = " ".join(p for p in parts[:2]) + (f", {parts[2]}" if parts[2] else "")
+    overrides = " ".join(job_overrides(Path(run_dir)))
+    return f"{title}\n{overrides}" if overrides else title
+
+
+# Groups whose lines coincide (equal learning rates) stay visible: each its own dash and marker.
+_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v")]
 
 
 def plot_run(run_dir: str | Path, log_scale: bool | None = None) -> list[Path]:
@@ -77,14 +122,16 @@ def plot_run(run_dir: str | Path, log_scale: bool | None = None) -> list[Path]:
     fig, ax = _pyplot().subplots(figsize=(7, 4.2))
     ax.plot(steps, loss, color="tab:blue", alpha=0.35, lw=1, label="loss (mean per log row)")
     ax.plot(s_steps, smoothed, color="tab:blue", lw=2, label="smoothed loss")
-    ax.set(xlabel="step", ylabel="loss (negative ELBO)", title=f"Loss: {run_dir.name}")
+    title = run_title(run_dir)
+    ax.set(xlabel="step", ylabel="loss (negative ELBO)")
+    _title(ax, f"Loss: {title}")
     if log_scale and _positive(loss):
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
     written.append(_save(fig, run_dir / "loss.png"))
 
-    for prefix, ylabel, fname, title in [
+    for prefix, ylabel, fname, what in [
         ("lr/", "learning rate", "lr.png", "Learning rate per group"),
         ("grad_norm/", "gradient L2 norm", "grad_norm.png", "Gradient norm per group"),
     ]:
@@ -93,13 +140,26 @@ def plot_run(run_dir: str | Path, log_scale: bool | None = None) -> list[Path]:
             continue
         fig, ax = _pyplot().subplots(figsize=(7, 4.2))
         all_values = []
-        for key in keys:
+        for i, key in enumerate(keys):
             xs, ys = _series(rows, key)
             all_values += ys
-            ax.plot(xs, ys, lw=1.5, label=key[len(prefix) :])
+            dash, marker = _STYLES[i % len(_STYLES)]
+            # About 8 markers per line, each group's shifted so that they don't stack.
+            every = max(len(keys), len(xs) // 8, 1)
+            ax.plot(
+                xs,
+                ys,
+                lw=1.5,
+                ls=dash,
+                marker=marker,
+                markevery=(i * every // len(keys), every),
+                ms=5,
+                label=key[len(prefix) :],
+            )
         if prefix == "grad_norm/" and _positive(all_values):
             ax.set_yscale("log")
-        ax.set(xlabel="step", ylabel=ylabel, title=title)
+        ax.set(xlabel="step", ylabel=ylabel)
+        _title(ax, f"{what}: {title}")
         ax.grid(alpha=0.3)
         ax.legend(title="group")
         written.append(_save(fig, run_dir / fname))
@@ -160,7 +220,7 @@ def _plot_eval(run_dir: Path, rows: list[dict]) -> Path | None:
         fixed = ", ".join(f"{k[len('eval/') :]} {v:.4g}" for k, v in constant.items())
         fig.text(0.5, 0.01, f"unchanged over the run: {fixed}", ha="center", fontsize="small")
     fig.tight_layout(rect=(0, 0.04 if constant else 0, 1, 1))
-    return _save(fig, run_dir / "eval.png")
+    return _save(fig, run_dir / "eval.png", tight=False)
 
 
 def job_overrides(job_dir: Path) -> list[str]:
@@ -182,9 +242,24 @@ def job_labels(jobs: list[Path]) -> dict[Path, str]:
     }
 
 
+_JOB_FILES = ("metrics.jsonl", "summary.json", ".hydra")
+
+
+def job_status(job_dir: Path) -> str:
+    """``finished``, or what the job's summary.json says instead (``diverged``, ``failed``)."""
+    path = job_dir / "summary.json"
+    if not path.exists():
+        return "unfinished"
+    return str(json.loads(path.read_text(encoding="utf-8")).get("status", "finished"))
+
+
 def sweep_jobs(sweep_dir: Path) -> list[Path]:
     """Job directories of a sweep, in job order."""
-    jobs = [p for p in Path(sweep_dir).iterdir() if p.is_dir() and (p / "metrics.jsonl").exists()]
+    jobs = [
+        p
+        for p in Path(sweep_dir).iterdir()
+        if p.is_dir() and any((p / name).exists() for name in _JOB_FILES)
+    ]
     return sorted(
         jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name)
     )
@@ -199,10 +274,18 @@ def plot_sweep(sweep_dir: str | Path, log_scale: bool | None = None) -> Path | N
     fig, ax = _pyplot().subplots(figsize=(8, 4.8))
     all_values = []
     labels = job_labels(jobs)
+    not_drawn = []
     for job in jobs:
         xs, ys = _series(read_metrics(job), "smoothed_loss")
+        status = job_status(job)
+        if not xs:  # stopped before its first metrics row
+            not_drawn.append(f"{job.name}: {labels[job]} [{status}]")
+            continue
         all_values += ys
-        ax.plot(xs, ys, lw=1.5, label=f"{job.name}: {labels[job]}")
+        if status == "finished":
+            ax.plot(xs, ys, lw=1.5, label=f"{job.name}: {labels[job]}")
+        else:  # what it did before it stopped, marked
+            ax.plot(xs, ys, lw=1, ls=":", marker="x", label=f"{job.name}: {labels[job]} [{status}]")
     if log_scale is None:
         log_scale = _positive(all_values) and max(all_values) / min(all_values) > 20
     if log_scale and _positive(all_values):
@@ -213,8 +296,15 @@ def plot_sweep(sweep_dir: str | Path, log_scale: bool | None = None) -> Path | N
         title=f"Sweep {sweep_dir.name}: smoothed loss per job",
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="upper right")
-    return _save(fig, sweep_dir / "comparison.png")
+    if all_values:
+        ax.legend(fontsize="small", loc="upper right")
+    if not_drawn:
+        import textwrap
+
+        note = textwrap.fill("Not drawn (no metrics row): " + "; ".join(not_drawn), 110)
+        fig.text(0.01, 0.01, note, fontsize=8, va="bottom", color="tab:red")
+        fig.tight_layout(rect=(0, 0.04 + 0.03 * note.count("\n"), 1, 1))
+    return _save(fig, sweep_dir / "comparison.png", tight=not not_drawn)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -525,9 +525,9 @@ def predict(opts: Options, console: Any = None) -> dict[str, Any]:
     from .io import write_text
 
     if console is None:
-        from rich.console import Console
+        from .metrics import screen
 
-        console = Console(highlight=False)
+        console = screen()
     run = load_run(opts.run_dir, opts.checkpoint)
     if opts.horizon is not None and not hasattr(run.model, "forecast"):
         raise PyrotrainError(
@@ -677,7 +677,7 @@ def parse_args(argv: list[str]) -> Options:
 
 
 def _print_summary(summary: dict[str, Any], console: Any) -> None:
-    console.print(f"{summary['rows']} rows -> {summary['predictions']}")
+    console.print(f"{summary['rows']} rows -> {summary['predictions']}", highlight=False)
     if "scores" in summary:
         s = summary["scores"]
         parts = [f"{k} {v:.4g}" for k, v in s.items() if k != "rows"]
@@ -693,22 +693,20 @@ def _print_summary(summary: dict[str, Any], console: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from rich.console import Console
-
-    from .cli import _report
+    from .errors import exit_with
+    from .metrics import screen
 
     if os.getcwd() not in sys.path:  # the user's model (model.target) imports from here
         sys.path.insert(0, os.getcwd())
     show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
-    console = Console(highlight=False)
+    console = screen()
     try:
         opts = parse_args(sys.argv[1:] if argv is None else argv)
         summary = predict(opts, console)
     except PyrotrainError as exc:
         if show_traceback:
             raise
-        _report(str(exc), exc.exit_code)
-        return
+        exit_with(str(exc), exc.exit_code)
     _print_summary(summary, console)
     sys.exit(0)
 

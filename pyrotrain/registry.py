@@ -13,6 +13,7 @@ import re
 import types
 import typing
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from .errors import PyrotrainError
@@ -172,12 +173,32 @@ def call_with_kwargs(fn: Callable, kwargs: Mapping[str, Any], key: str, *args: A
     return fn(*args, **kwargs)
 
 
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message (FILE, line N)`` for an error in user code, without the table of sample
+    sites that Pyro appends to errors raised inside a model."""
+    words = re.split(r"\n\s*Trace Shapes:", str(exc))[0].strip()
+    return f"{type(exc).__name__}: {words}{where_raised(exc)}"
+
+
 def where_raised(exc: BaseException) -> str:
-    """`` (FILE, line N)`` of the innermost frame of ``exc``'s traceback, for user code errors."""
+    """`` (FILE, line N)`` of the innermost frame of ``exc``'s traceback in the user's own code
+    (not in an installed library, the standard library or pyrotrain); else the innermost."""
+    import sysconfig
     import traceback
 
     frames = traceback.extract_tb(exc.__traceback__)
-    return f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+    if not frames:
+        return ""
+    ours = str(Path(__file__).resolve().parent)
+    libraries = {sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib")}
+    own = [
+        f
+        for f in frames
+        if not any(f.filename.startswith(p) for p in (*libraries, ours))
+        and not f.filename.startswith("<")
+    ]
+    frame = (own or frames)[-1]
+    return f" ({frame.filename}, line {frame.lineno})"
 
 
 def _annotations(fn: Callable) -> dict[str, Any]:

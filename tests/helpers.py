@@ -175,13 +175,15 @@ def run_svi(
     after_step: Callable[[], Any] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Fit an AutoNormal guide with pyro.infer.SVI from a cleared param store and seed 0, one step
-    per batch (the model's keyword arguments), calling ``after_step`` after each; with
-    ``mark_plate`` the guide's params in that plate are DCT-marked. Returns the unconstrained
-    params."""
+    per batch (the model's keyword arguments), calling ``after_step`` after each. The guide's
+    params in a plate are DCT-marked by pyrotrain's stack (``mark_guide``) or, for Pyro's own
+    optimizers, with ``mark_plate``. Returns the unconstrained params."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = AutoNormal(model)
-    if mark_plate:
+    if hasattr(optim, "mark_guide"):  # pyrotrain's stack marks by its own dct: [{plate: ...}]
+        guide = optim.mark_guide(guide)
+    elif mark_plate:  # Pyro's own way
         guide = MarkDCTParamMessenger(mark_plate)(guide)
     svi = SVI(model, guide, optim, Trace_ELBO())
     for batch in batches:

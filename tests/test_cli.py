@@ -9,10 +9,11 @@ from helpers import BIN, metrics_rows, run_summary, saved_params
 
 
 def test_run_writes_outputs_and_loss_falls(cli, tmp_path):
-    run_dir = tmp_path / "run"
+    run_dir = tmp_path / ("a-long-directory-name-" * 4) / "run"
     r = cli("trainer.steps=100", f"hydra.run.dir={run_dir}")
     assert r.returncode == 0, r.stderr
-    assert "final loss" in r.stdout and str(run_dir) in r.stdout
+    # Piped output is never hard-wrapped: the long path stays on its line.
+    assert "final loss" in r.stdout and f"\nrun dir: {run_dir}\n" in r.stdout
     # Not a terminal: plain progress lines rather than a bar.
     assert "step 100/100" in r.stdout
     for name in ("metrics.jsonl", "params.pt", "summary.json", ".hydra/config.yaml"):
@@ -26,6 +27,7 @@ def test_run_writes_outputs_and_loss_falls(cli, tmp_path):
 
     summary = run_summary(run_dir)
     assert summary["steps"] == 100 and summary["world_size"] == 1
+    assert summary["status"] == "finished"
     assert summary["final_loss"] == pytest.approx(summary["final_loss"])  # finite
     assert set(summary["versions"]) >= {"pyrotrain", "pyro", "torch"}
     assert summary["eval"]["rmse"] > 0
@@ -228,16 +230,32 @@ def test_users_own_model_file_and_csv_through_the_cli(cli, tmp_path):
 
 def test_a_users_broken_module_and_an_uncreatable_run_dir_get_one_paragraph(cli, tmp_path):
     (tmp_path / "broken.py").write_text("import pyro\n\ndef Model(:\n    pass\n")
+    (tmp_path / "confs").mkdir()
+    (tmp_path / "confs" / "broken.yaml").write_text("defaults: [config, _self_]\nsteps: [1, 2\n")
+    (tmp_path / "confs" / "bare.yaml").write_text("seed: 5\n")  # no defaults list
+    confs = str(tmp_path / "confs")
     cases = [
         (["model=custom", "model.target=broken:Model"], ["syntax error", "broken.py, line 3"]),
         (["hydra.run.dir=/proc/pyrotrain/run"], ["'hydra.run.dir'", "cannot be created"]),
+        (
+            ["--config-dir", confs, "--config-name", "broken"],
+            ["broken.yaml, line 3, column 1 is not valid YAML", "expected ',' or ']'"],
+        ),
+        (
+            ["--config-path", confs, "--config-name", "broken"],
+            ["broken.yaml, line 3, column 1 is not valid YAML"],
+        ),
+        (
+            ["--config-path", confs, "--config-name", "bare"],
+            ["no model, data, optim, trainer section", "defaults: [config, _self_]"],
+        ),
     ]
     for args, expected in cases:
-        r = cli(*args, "trainer.progress=none", cwd=tmp_path)
+        r = cli(*args, cwd=tmp_path)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert "Traceback" not in r.stderr + r.stdout
         message = r.stderr.strip()
         assert message.startswith("error:") and "\n\n" not in message
         for text in expected:
             assert text in message, (text, message)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.py"]  # nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.py", "confs"]  # nothing written

@@ -197,6 +197,21 @@ def test_two_ranks_train_like_one_process_with_twice_the_batch(tmp_path):
     assert _max_diff(distributed, small_batch) > 1e-3  # the check above can tell them apart
 
 
+def test_a_shard_smaller_than_the_batch_is_the_ranks_batch(tmp_path):
+    """The default data (354 rows) on 3 ranks with batch 200: each rank's batch is its shard of
+    118 rows, with one warning, and the 3 ranks train like one process on all 354 rows."""
+    args = ["optim=sgd", "optim.lr=1e-4", "trainer.steps=10", "trainer.progress=none"]
+    args += ["trainer.dtype=float64"]
+    r = hvdrun(tmp_path, *args, "trainer.batch_size=200", "hydra.run.dir=run", cwd=tmp_path, np=3)
+    assert r.returncode == 0, r.output
+    assert r.output.count("warning: trainer.batch_size=200") == 1, r.output
+    assert "whole shard of 118 rows" in r.output
+    summary = run_summary(tmp_path / "run")
+    assert summary["world_size"] == 3 and summary["params_in_sync"] is True
+    whole_data = _train_one_process([*args, "trainer.batch_size=354"])
+    assert _max_diff(saved_params(tmp_path / "run"), whole_data) < 1e-9
+
+
 def test_multi_group_stack_with_dct_adam_matches_one_process(tmp_path):
     """Three groups (DCTAdam on a DCT-marked weight, AdagradRMSProp with clipping, Adam), a
     plateau scheduler, lr_scaling=linear and accumulate_grad_batches=2, against one process that

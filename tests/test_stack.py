@@ -12,7 +12,7 @@ from pyro.infer.autoguide import AutoNormal
 from toy_models import LateParam, NetRegression, local_latent_model, make_series, series_model
 
 from pyrotrain.data import make_regression
-from pyrotrain.errors import PyrotrainError
+from pyrotrain.errors import PyrotrainError, PyrotrainWarning
 from pyrotrain.optim import Adam, OptimizerStack
 from pyrotrain.registry import FOREACH_BY_DEFAULT, OPTIMIZERS
 
@@ -104,12 +104,7 @@ def test_stack_matches_pyro_optim(case, dtype):
     with default_dtype(dtype):
         theirs = run_svi(model, batches(dtype), make_pyro(), mark_plate=plate)
         stack = OptimizerStack.from_config(config)
-        ours = run_svi(
-            model,
-            batches(dtype),
-            stack,
-            mark_plate=next((m.plate for m in stack.dct_marks if m.plate), None),
-        )
+        ours = run_svi(model, batches(dtype), stack)  # marked by stack.mark_guide
     assert_close(ours, theirs, TOL[dtype], atol=TOL[dtype])
     assert len(stack.groups[0].optimizer.param_groups[0]["params"]) == len(ours)
 
@@ -121,7 +116,6 @@ def test_marked_params_take_the_dct_update():
             series_model,
             series_batches(torch.float64),
             OptimizerStack.from_config(config),
-            mark_plate="time",
         )
         plain = run_svi(
             series_model,
@@ -135,6 +129,24 @@ def test_marked_params_take_the_dct_update():
         getattr(store.get_param("AutoNormal.locs.step").unconstrained(), "_pyro_dct_dim", None)
         is None
     )  # the unmarked run left it unmarked
+
+
+@pytest.mark.parametrize("plate", ["time", "tiem"])
+def test_a_plate_mark_that_marks_nothing_says_so(plate):
+    """In one's own SVI script without stack.mark_guide, or with a plate name the model lacks,
+    ``dct: [{plate: ...}]`` would mark nothing and DCTAdam would quietly act as Adam."""
+    stack = OptimizerStack.from_config(
+        {**one_group("dct_adam", lr=0.05), "dct": [{"plate": plate}]}
+    )
+    pyro.clear_param_store()
+    guide = AutoNormal(series_model)
+    if plate == "tiem":
+        guide = stack.mark_guide(guide)
+    svi = SVI(series_model, guide, stack, Trace_ELBO())
+    with pytest.warns(PyrotrainWarning, match="marked no parameter") as info:
+        svi.step(make_series(dtype=torch.float32))
+    message = str(info[0].message)
+    assert f"plate named '{plate}'" in message and "stack.mark_guide(guide)" in message
 
 
 def test_exponential_schedule_matches_pyro_exponential_lr():

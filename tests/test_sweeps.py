@@ -11,7 +11,7 @@ import pytest
 import yaml
 from helpers import BIN
 
-from pyrotrain.plots import plot_run, plot_sweep
+from pyrotrain.plots import plot_run, plot_sweep, run_title
 
 pytestmark = pytest.mark.slow
 
@@ -48,6 +48,68 @@ def test_multirun_ranks_jobs_and_writes_summary_and_plots(cli, tmp_path):
             assert (sweep / str(job) / name).exists(), (job, name)
 
 
+def test_sweep_records_jobs_that_diverge_or_fail_and_runs_them_all(cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    r = cli(
+        "--multirun",
+        "model=custom",
+        "model.target=bad_models:Flaky",
+        "+model.mode=diverge,fail,ok",
+        "trainer.steps=20",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert r.returncode == 0, r.stderr  # one job finished
+    rows = {row["job"]: row for row in _csv_rows(sweep / "sweep_summary.csv")}
+    assert {j: rows[j]["status"] for j in rows} == {"0": "diverged", "1": "failed", "2": "finished"}
+    assert rows["2"]["rank"] == "1" and rows["0"]["rank"] == rows["1"]["rank"] == ""
+    assert "not finite" in rows["0"]["reason"]
+    assert rows["1"]["reason"].startswith("ValueError: a bug in the user's model (")
+    assert rows["1"]["reason"].endswith("bad_models.py, line 26)")
+    assert "a bug in the user's model" in (sweep / "1" / "error.txt").read_text()
+    assert "[job 0] diverged:" in r.stderr and "[job 1] failed:" in r.stderr
+    assert "[job 2] step 20/20" in r.stdout  # parallel jobs' lines say which job they are
+    # Piped, the table is one line per job, overrides first and whole.
+    assert "#1 job 2: +model.mode=ok  smoothed loss" in r.stdout
+    assert "-- job 0: +model.mode=diverge  diverged" in r.stdout
+    assert "Traceback" not in r.stdout + r.stderr
+    assert (sweep / "comparison.png").exists()
+    # Plot titles say what the run is: model, data, optimizer, then the overrides.
+    title = run_title(sweep / "2")
+    assert title.startswith("custom on diabetes, adam\n") and "+model.mode=ok" in title
+
+    r = cli(
+        "--multirun",
+        "model=custom",
+        "model.target=bad_models:Flaky",
+        "+model.mode=diverge,fail",
+        "trainer.steps=20",
+        f"hydra.sweep.dir={tmp_path / 'none'}",
+    )
+    assert r.returncode == 1, r.stderr
+    assert "no job of the sweep finished" in r.stderr
+    assert len(_csv_rows(tmp_path / "none" / "sweep_summary.csv")) == 2
+
+
+def test_sweep_settings_are_checked_before_the_first_job(cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    r = cli("--multirun", "optim.lr=1e-3,-1", "trainer.steps=20", f"hydra.sweep.dir={sweep}")
+    assert r.returncode == 2
+    assert "'optim.groups.all.optimizer.lr': -1" in r.stderr
+    assert "job with optim.lr=-1" in r.stderr and "no job was run" in r.stderr
+    assert not sweep.exists()
+    # A metric that only the evaluation knows: found after job 0's first step.
+    r = cli(
+        "--multirun",
+        "optim.lr=1e-3,1e-2",
+        "trainer.steps=200",
+        "trainer.objective=eval.nope",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert r.returncode == 2
+    assert "'trainer.objective': 'eval.nope'" in r.stderr and "eval.rmse" in r.stderr
+    assert "step 10/" not in r.stdout and not sweep.exists()
+
+
 def test_optuna_search_reports_best_trial(cli, tmp_path):
     sweep = tmp_path / "optuna"
     r = cli(
@@ -82,6 +144,8 @@ def test_optuna_objective_can_be_an_eval_metric(cli, tmp_path):
     assert best["best_value"] == pytest.approx(min(rmses))
     r = cli("trainer.steps=2", "trainer.objective=eval.nope", f"hydra.run.dir={tmp_path / 'r'}")
     assert r.returncode == 2 and "eval.rmse" in r.stderr
+    r = cli("trainer.steps=2", "trainer.objective=loss", f"hydra.run.dir={tmp_path / 'r'}")
+    assert r.returncode == 2 and "eval.<metric>" in r.stderr
 
 
 def test_joblib_launcher_runs_jobs_in_parallel_processes(cli, tmp_path):

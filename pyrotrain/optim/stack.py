@@ -8,6 +8,7 @@ torch optimizer (built when the group's first parameter arrives). The stack subc
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -16,7 +17,7 @@ import pyro
 import torch
 from pyro.optim import PyroOptim
 
-from ..errors import PyrotrainError
+from ..errors import PyrotrainError, PyrotrainWarning
 from ..registry import FOREACH_BY_DEFAULT, OPTIMIZERS, call_with_kwargs
 from .schedulers import build_scheduler, step_scheduler
 from .spec import DCTMark, GroupSpec, parse_groups
@@ -84,6 +85,7 @@ class OptimizerStack(PyroOptim):
         self.total_epochs = total_epochs
         self._group_of: dict[torch.Tensor, Group] = {}
         self._pending_state: dict[str, dict] = {}
+        self._plates_checked = False
 
     @classmethod
     def from_config(cls, optim: Any, scheduler: Any = None, **kwargs: Any) -> OptimizerStack:
@@ -91,6 +93,18 @@ class OptimizerStack(PyroOptim):
         ``scheduler`` of its groups; ``kwargs`` go to the constructor."""
         specs, marks = parse_groups(optim, scheduler)
         return cls(specs, marks, **kwargs)
+
+    def mark_guide(self, guide: Any) -> Any:
+        """The guide, wrapped so that the parameters it creates inside each plate named by
+        ``dct: [{plate: NAME}]`` are marked for DCTAdam (with Pyro's own
+        ``pyro.contrib.forecast.util.MarkDCTParamMessenger``). pyrotrain's runs do this; in your
+        own SVI script, give SVI ``stack.mark_guide(guide)``."""
+        for mark in self.dct_marks:
+            if mark.plate is not None:
+                from pyro.contrib.forecast.util import MarkDCTParamMessenger  # a costly import
+
+                guide = MarkDCTParamMessenger(mark.plate)(guide)
+        return guide
 
     # -- parameter assignment -------------------------------------------------------------------
 
@@ -112,6 +126,25 @@ class OptimizerStack(PyroOptim):
                 touched.append(group)
         for group in touched:
             self._grow_optimizer(group)
+        if not self._plates_checked:
+            self._plates_checked = True
+            self._check_plate_marks(new)
+
+    def _check_plate_marks(self, params: list[torch.Tensor]) -> None:
+        """A ``dct: [{plate: NAME}]`` mark that marked nothing on the first step would go
+        unnoticed (DCTAdam then acts as Adam): say so, once. (``optim=dct_adam`` on a model
+        without a time plate is allowed: DCTAdam is Adam on unmarked parameters.)"""
+        plates = [m.plate for m in self.dct_marks if m.plate is not None]
+        if plates and not any(getattr(p, "_pyro_dct_dim", None) is not None for p in params):
+            names = " or ".join(repr(p) for p in plates)
+            warnings.warn(
+                f"optim.dct marks by plate, and it marked no parameter: the guide created none "
+                f"inside a plate named {names}, so DCTAdam updates every parameter as Adam does. "
+                "In your own SVI script, give SVI stack.mark_guide(guide), which marks them; "
+                "check that the model has a plate of this name",
+                PyrotrainWarning,
+                stacklevel=2,
+            )
 
     def _match(self, name: str) -> Group:
         for group in self.groups:
