@@ -75,6 +75,8 @@ class Hierarchical:
     :param centered: sample ``theta_g ~ N(mu, tau)`` directly instead (suits big groups).
     """
 
+    parallel_predict = True  # pyrotrain-predict may draw all samples at once (vectorized)
+
     def __init__(self, data, centered: bool = False):
         for name in ("group", "x", "y"):
             if name not in data.train:

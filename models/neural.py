@@ -68,6 +68,10 @@ class DigitsVAE:
     :param hidden: width of the encoder's and decoder's hidden layer.
     """
 
+    parallel_predict = True  # pyrotrain-predict may draw all samples at once (vectorized)
+
+    target = "x"  # what the observation site observes (pyrotrain-predict): the images
+
     def __init__(self, data, latent: int = 8, hidden: int = 128):
         x = data.train.get("x")
         if x is None or x.dim() != 2 or x.shape[-1] != PIXELS:

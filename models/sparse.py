@@ -97,6 +97,8 @@ class SparseRatings:
         optimizers refuse them. Off: Pyro indexes the tables and the gradients are dense.
     """
 
+    parallel_predict = True  # pyrotrain-predict may draw all samples at once (vectorized)
+
     def __init__(self, data, rank: int = 2, sparse_grad: bool = False):
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
             raise PyrotrainError(

@@ -12,6 +12,7 @@ import torch
 from pyro.ops.stats import crps_empirical
 
 from pyrotrain.csv_data import load_csv
+from pyrotrain.data import Dataset
 from pyrotrain.errors import PyrotrainError
 
 CO2_CSV = Path(__file__).parent / "data" / "co2_mauna_loa_monthly.csv"
@@ -82,16 +83,41 @@ class TimeSeries:
     scaling. :meth:`evaluate` forecasts the held-out steps: the trend and season extrapolated,
     the AR(1) process run forward from each posterior draw.
 
-    :param period: season length in time steps (12 for monthly data); 0 for no seasonality.
-    :param harmonics: Fourier (cos, sin) pairs ``K`` in the seasonal term, at most ``period // 2``.
+    :param period: season length in time steps (12 for monthly data); 0 for no seasonality;
+        None: the data's (``info["period"]``: inferred from the spacing of a date column).
+    :param harmonics: Fourier (cos, sin) pairs ``K`` in the seasonal term, at most ``period // 2``;
+        None: 3, or ``period // 2`` when that is smaller.
     :param degree: degree ``D`` of the polynomial trend (0: a constant level, 1: linear, 2: ...).
     """
 
-    def __init__(self, data, period: int = 12, harmonics: int = 3, degree: int = 2):
+    def __init__(
+        self, data, period: int | None = None, harmonics: int | None = None, degree: int = 2
+    ):
+        if "t" not in data.train:
+            raise PyrotrainError(
+                "a time series has an order: the time-series model needs the rows in time "
+                "order, and this data has no time column",
+                key="data.time",
+                value=None,
+                hint="Name the column that holds each row's time or date, e.g. data.time=month",
+            )
+        if period is None:
+            period = data.info.get("period")
+            if period is None:
+                raise PyrotrainError(
+                    "the season length cannot be inferred: the time column holds numbers, "
+                    "not dates, or dates without a usual season",
+                    key="model.period",
+                    value=None,
+                    hint="Set model.period to the steps in one season (12 for monthly data, 4 "
+                    "quarterly, 7 daily, 52 weekly, 24 hourly), or 0 for none",
+                )
         if period < 0 or period == 1:
             raise PyrotrainError(
                 "the period must be 0 (none) or at least 2", key="model.period", value=period
             )
+        if harmonics is None:
+            harmonics = min(3, period // 2)
         if period and not 1 <= harmonics <= period // 2:
             raise PyrotrainError(
                 f"harmonics must be between 1 and period // 2 = {period // 2}",
@@ -166,31 +192,77 @@ class TimeSeries:
             mean = (self.design(0, T) * g["coef"]).sum(-1) + ar
             pyro.sample("obs", dist.Normal(mean, g["obs_scale"]), obs=z)
 
-    def evaluate(self, guide, data, num_samples: int = 100) -> dict:
-        """Forecast the held-out steps: MAE of the median, CRPS, and naive forecasts' MAE."""
-        y, future = data.train["y"], data.eval["y"]
-        T, H = y.shape[0], future.shape[0]
+    def _posterior(self, guide, y: torch.Tensor, num_samples: int) -> dict[str, torch.Tensor]:
+        """``num_samples`` guide draws of the globals (one row each) and of ``ar`` (S, T)."""
+        T = y.shape[0]
         traces = [
             poutine.trace(guide).get_trace(y=y, index=torch.arange(T), size=T)
             for _ in range(num_samples)
         ]
-        names = ["coef_offset", "phi", "ar_scale", "obs_scale", "ar"]
         g = {
             k: torch.stack([tr.nodes[k]["value"].reshape(-1) for tr in traces])
-            for k in names
-            if k in traces[0].nodes
+            for k in ("coef_offset", "phi", "ar_scale", "obs_scale", "ar")
         }
-        g = {k: v if k in ("coef_offset", "ar") else v[:, 0] for k, v in g.items()}
-        # Run the AR(1) process forward from each posterior draw's last value.
-        ar, path = g["ar"][:, -1], []
-        for _ in range(H):
-            innovation_scale = g["ar_scale"] * (1 - g["phi"] ** 2).clamp_min(1e-6).sqrt()
-            ar = g["phi"] * ar + innovation_scale * torch.randn(num_samples)
+        return {k: v if k in ("coef_offset", "ar") else v[:, 0] for k, v in g.items()}
+
+    def forecast(self, guide, data, horizon: int, num_samples: int = 100) -> torch.Tensor:
+        """Posterior predictive samples ``(num_samples, horizon)`` of the ``horizon`` steps after
+        the training series ``data.train["y"]`` and the steps of ``data.eval["y"]`` that follow it.
+
+        Each posterior draw's trend and season are extrapolated and its AR(1) process run forward
+        from its last training value. Observed steps after training (the held-out tail) are
+        filtered in (a scalar Kalman filter per draw: the model is linear and Gaussian given the
+        globals), so the forecast starts from the end of all the data, without retraining.
+        """
+        y = data.train["y"]
+        seen = data.eval.get("y", y[:0])
+        T, K = y.shape[0], seen.shape[0]
+        g = self._posterior(guide, y, num_samples)
+        coef = self.coef_ls + g["coef_offset"]  # (S, coefficients)
+        phi, obs_var = g["phi"], g["obs_scale"] ** 2
+        step_scale = g["ar_scale"] * (1 - phi**2).clamp_min(1e-6).sqrt()
+        mean, var = g["ar"][:, -1], torch.zeros(num_samples)
+        if K:
+            base = coef @ self.design(T, K).T  # (S, K)
+            z_seen = (seen - self.center) / self.spread
+            for k in range(K):
+                mean, var = phi * mean, phi**2 * var + step_scale**2
+                gain = var / (var + obs_var)
+                mean = mean + gain * (z_seen[k] - base[:, k] - mean)
+                var = (1 - gain) * var
+        ar, path = mean + var.sqrt() * torch.randn(num_samples), []
+        for _ in range(horizon):
+            ar = phi * ar + step_scale * torch.randn(num_samples)
             path.append(ar)
-        coef = self.coef_ls + g["coef_offset"]
-        z = coef @ self.design(T, H).T + torch.stack(path, -1)
-        z = z + g["obs_scale"][:, None] * torch.randn(num_samples, H)
-        forecast = self.center + self.spread * z  # (num_samples, H)
+        z = coef @ self.design(T + K, horizon).T + torch.stack(path, -1)
+        z = z + g["obs_scale"][:, None] * torch.randn(num_samples, horizon)
+        return self.center + self.spread * z
+
+    def predict(self, guide, rows: dict, num_samples: int = 100) -> torch.Tensor:
+        """In-sample posterior predictive ``(num_samples, T)`` of the training series ``rows["y"]``,
+        in the series' units (the model observes it in percent of its std)."""
+        from pyro.infer import Predictive
+
+        y = rows["y"]
+        T = y.shape[0]
+        if T != self.length:
+            raise PyrotrainError(
+                f"the model was trained on {self.length} steps and can predict those (or "
+                f"forecast after them), not {T} other rows",
+                key="--split",
+                hint="Use the held-out split (the default) or --horizon",
+            )
+        predictive = Predictive(
+            poutine.uncondition(self), guide=guide, num_samples=num_samples, return_sites=["obs"]
+        )
+        z = predictive(y, index=torch.arange(T), size=T)["obs"].reshape(num_samples, T)
+        return self.center + self.spread * z
+
+    def evaluate(self, guide, data, num_samples: int = 100) -> dict:
+        """Forecast the held-out steps: MAE of the median, CRPS, and naive forecasts' MAE."""
+        y, future = data.train["y"], data.eval["y"]
+        T, H = y.shape[0], future.shape[0]
+        forecast = self.forecast(guide, Dataset(data.train), H, num_samples)  # (S, H)
         mae = (forecast.median(0).values - future).abs().mean()
         crps = crps_empirical(forecast, future).mean()
         out = {

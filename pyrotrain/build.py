@@ -105,6 +105,7 @@ def build(cfg: RunConfig | DictConfig | dict[str, Any], run_dir: Path | None = N
         elbo = call_with_kwargs(
             ELBOS.get(config.elbo.name, "elbo.name"), config.elbo.kwargs, "elbo"
         )
+    _check_evaluation(config, model, data)
     order = BatchOrder(data.size, batch_size, config.seed, backend.rank, backend.size)
     steps_per_epoch = math.ceil(order.steps_per_epoch / trainer.accumulate_grad_batches)
     if trainer.epochs is not None:
@@ -186,6 +187,26 @@ def _batch_size(batch_size: int | None, rows: int, backend: Backend) -> int | No
             )
         return shard
     return batch_size
+
+
+def _check_evaluation(config: RunConfig, model: Callable, data: Dataset) -> None:
+    """Evaluation during training needs a model that evaluates and rows held out to score."""
+    every = config.trainer.eval_every
+    if every is None:
+        return
+    if getattr(model, "evaluate", None) is None:
+        raise PyrotrainError(
+            "this model has no evaluate method, so there is nothing to evaluate during training",
+            key="trainer.eval_every",
+            value=every,
+            hint="Leave eval_every null, or give the model evaluate(guide, data, num_samples)",
+        )
+    if not data.eval:
+        raise PyrotrainError(
+            "the data holds out no rows to evaluate on (data.eval_fraction=0)",
+            key="trainer.eval_every",
+            value=every,
+        )
 
 
 def _scaled_rates(config: RunConfig, factor: float) -> list[GroupSpec]:

@@ -26,6 +26,7 @@ from .io import atomic_write, remove_stale_temporaries, write_text
 
 FORMAT = 1
 DIRNAME = "checkpoints"
+BEST = "best.pt"
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 
 # The parts of a config a checkpoint's state depends on: resuming with any of them changed would
@@ -57,6 +58,15 @@ def save_checkpoint(payload: dict[str, Any], run_dir: Path, keep: int) -> Path:
     for old in list_checkpoints(path.parent)[keep:]:
         old.unlink(missing_ok=True)
     return path
+
+
+def save_best(payload: dict[str, Any], run_dir: Path) -> Path:
+    """Write ``checkpoints/best.pt``: the parameters at the monitor's best value so far. It is
+    kept apart from the step checkpoints (never pruned, never picked by resume)."""
+    path = run_dir / DIRNAME / BEST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent, BEST)
+    return atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -100,7 +110,17 @@ def find_resume(resume: str, run_dir: Path | None) -> tuple[Path, dict[str, Any]
                 hint="Give a run directory, a checkpoint file (checkpoints/step-*.pt) or auto",
             )
         if directory.is_file():
-            return directory, load_checkpoint(directory)
+            payload = load_checkpoint(directory)
+            if payload.get("kind") == "best":
+                raise PyrotrainError(
+                    f"{directory} holds the best parameters only, not the optimizer and data "
+                    "state a run continues from",
+                    key="trainer.resume",
+                    value=resume,
+                    hint="Resume from a step checkpoint (checkpoints/step-*.pt) or the run "
+                    "directory; use best.pt with pyrotrain-predict --checkpoint best",
+                )
+            return directory, payload
     candidates = list_checkpoints(directory)
     if not candidates:
         if resume == "auto":

@@ -93,6 +93,13 @@ def _job(cfg: DictConfig) -> float:
                 for k, v in summary["eval"].items()
             )
         )
+    if summary.get("stopped_early_at") is not None:
+        best = summary["best"]
+        console.print(
+            f"stopped early at step {summary['stopped_early_at']}: {best['monitor']} last "
+            f"improved at step {best['step']} ({best['value']:.6g}); its parameters are in "
+            "checkpoints/best.pt"
+        )
     from .plots import plot_run
 
     plot_run(run_dir)

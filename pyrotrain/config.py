@@ -27,6 +27,51 @@ SEED_HELP = "a non-negative integer; seeds torch, numpy, random and the minibatc
 
 
 @dataclass(frozen=True)
+class EarlyStopping:
+    """The ``trainer.early_stopping`` section: what to watch, and when to give up."""
+
+    SECTION = "trainer.early_stopping"
+
+    monitor: str | None = setting(
+        "smoothed_loss, or eval/METRIC (needs trainer.eval_every); null: no early stopping and "
+        "no checkpoints/best.pt",
+        default=None,
+    )
+    mode: Literal["min", "max"] = setting(
+        "min: lower is better (loss, rmse, mae); max: higher is better (lppd, accuracy)",
+        default="min",
+    )
+    patience: int = setting(
+        "checks of the monitor (logging steps for smoothed_loss, evaluations for eval/*) "
+        "without improvement before the run stops",
+        default=5,
+        minimum=1,
+    )
+    min_delta: float = setting(
+        "how much better than the best so far a value must be to count as an improvement",
+        default=0.0,
+        minimum=0,
+    )
+
+    def check(self, key: str) -> None:
+        m = self.monitor
+        if m is not None and m != "smoothed_loss" and not (m.startswith("eval/") and m[5:]):
+            raise PyrotrainError(
+                "the monitor is smoothed_loss or eval/METRIC (a key of the model's evaluate)",
+                key=f"{key}.monitor",
+                value=m,
+                choices=["smoothed_loss", "eval/METRIC"],
+            )
+
+    def improves(self, value: float, best: float | None) -> bool:
+        if best is None:
+            return True
+        return (
+            value < best - self.min_delta if self.mode == "min" else value > best + self.min_delta
+        )
+
+
+@dataclass(frozen=True)
 class TrainerConfig:
     """The ``trainer`` section (conf/trainer/default.yaml lists the same defaults)."""
 
@@ -59,11 +104,23 @@ class TrainerConfig:
         "weight of the past in the exponentially smoothed loss", default=0.9, minimum=0, below=1
     )
     objective: str = setting(
-        "what a run returns to a sweeper: smoothed_loss, final_loss or eval.<metric>",
+        "what a run returns to a sweeper: smoothed_loss, final_loss, eval.<metric>, or best (the "
+        "best value of trainer.early_stopping.monitor)",
         default="smoothed_loss",
     )
     eval_num_samples: int = setting(
         "posterior samples drawn for the held-out evaluation", default=100, minimum=1
+    )
+    eval_every: int | None = setting(
+        "steps between held-out evaluations during training (eval/METRIC in metrics.jsonl, "
+        "eval.png); null: only at the end",
+        default=None,
+        minimum=1,
+    )
+    early_stopping: EarlyStopping = setting(
+        "stop when the monitor stops improving; keep the best state in checkpoints/best.pt "
+        "(see the table below)",
+        default_factory=EarlyStopping,
     )
     checkpoint_every: int | None = setting(
         "steps between checkpoints in checkpoints/ (one is always written at the end); "
@@ -100,15 +157,37 @@ class TrainerConfig:
             raise PyrotrainError(
                 "set trainer.steps or trainer.epochs", key=f"{key}.steps", value=None
             )
+        monitor = self.early_stopping.monitor
+        if monitor is not None and monitor.startswith("eval/") and self.eval_every is None:
+            raise PyrotrainError(
+                f"the monitor {monitor} is an evaluation during training, and there is none",
+                key=f"{key}.early_stopping.monitor",
+                value=monitor,
+                hint="Set trainer.eval_every=N too, or monitor smoothed_loss",
+            )
         objective = self.objective
-        if objective not in ("smoothed_loss", "final_loss") and not (
+        if objective == "best":
+            if monitor is None:
+                raise PyrotrainError(
+                    "objective=best is the best value of the early-stopping monitor, and none "
+                    "is set",
+                    key=f"{key}.objective",
+                    value=objective,
+                    hint="Set trainer.early_stopping.monitor=smoothed_loss (or eval/METRIC)",
+                )
+        elif objective not in ("smoothed_loss", "final_loss") and not (
             objective.startswith("eval.") and len(objective) > len("eval.")
         ):
             raise PyrotrainError(
                 "a run returns one number from its summary to a sweeper",
                 key=f"{key}.objective",
                 value=objective,
-                choices=["smoothed_loss", "final_loss", "eval.<metric> (e.g. eval.rmse)"],
+                choices=[
+                    "smoothed_loss",
+                    "final_loss",
+                    "eval.<metric> (e.g. eval.rmse)",
+                    "best (the early-stopping monitor's best value)",
+                ],
             )
 
 
@@ -232,7 +311,12 @@ def _required(plain: dict[str, Any], key: str) -> Named:
 
 def trainer_defaults() -> dict[str, Any]:
     """Every trainer setting's default, as conf/trainer/default.yaml must list them."""
-    return {f.name: f.default for f in dataclasses.fields(TrainerConfig)}
+    return {
+        f.name: dataclasses.asdict(f.default_factory())  # type: ignore[misc]
+        if f.default_factory is not dataclasses.MISSING
+        else f.default
+        for f in dataclasses.fields(TrainerConfig)
+    }
 
 
 def moved_keys() -> dict[str, str]:

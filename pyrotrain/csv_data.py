@@ -4,8 +4,9 @@
     pyrotrain data=csv data.path=sales.csv data.target=units data.time=week model=timeseries
 
 The loader yields ``x`` (rows x features), ``y`` (the target) and, when ``time`` is given, ``t``
-(the time column). With ``time`` the rows are sorted by it and the last ``eval_fraction`` of them
-are held out (a forecast split); without it the held-out rows are drawn at random with the seed.
+(the time column: numbers, or ISO dates as step numbers, see :mod:`pyrotrain.dates`). With
+``time`` the rows are sorted by it and the last ``eval_fraction`` of them are held out (a forecast
+split); without it the held-out rows are drawn at random with the seed.
 
 Nothing is dropped or replaced quietly: an empty or repeated column name, a row with more or fewer
 values than the header, and text or an empty cell in a column that is used are errors naming the
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from .data import Dataset, split
+from .dates import parse_dates
 from .errors import PyrotrainError
 
 DTYPES = ("float32", "float64", "int64")
@@ -237,64 +239,97 @@ def load_csv(
     :param standardize: centre and scale ``x`` (and a floating ``y``) by the training rows' means
         and standard deviations, which ``info`` keeps to map predictions back.
     """
-    if dtype not in DTYPES:
-        raise PyrotrainError(
-            "not a valid data type for y", key="data.dtype", value=dtype, choices=DTYPES
-        )
     if not 0 <= eval_fraction < 1:
         raise PyrotrainError(
             "the evaluation fraction must be in [0, 1)",
             key="data.eval_fraction",
             value=eval_fraction,
         )
+    tensors, info = read_columns(path, target, features, time, dtype)
+    if time is None:
+        data = split(tensors, eval_fraction, seed, info)
+    else:
+        data = split_by_time(tensors, eval_fraction, info)
+    if standardize:
+        data = _standardize(data)
+    return data
+
+
+def read_columns(
+    path: str,
+    target: str,
+    features: str | Sequence[str] | None = None,
+    time: str | None = None,
+    dtype: str = "float32",
+    target_required: bool = True,
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors ``x``, ``y`` and ``t`` of :func:`load_csv`, all rows, sorted by ``time`` when it
+    is given (else in the file's order), and the ``info`` describing them.
+
+    With ``target_required=False`` a file without the target column gives no ``y`` (new rows to
+    predict). A time column of ISO dates (:mod:`pyrotrain.dates`) gives ``t`` = the step number
+    from the first date, and ``info["calendar"]`` to write dates back.
+    """
+    if dtype not in DTYPES:
+        raise PyrotrainError(
+            "not a valid data type for y", key="data.dtype", value=dtype, choices=DTYPES
+        )
     table = read_csv(path)
+    has_target = target_required or target in table.header
     names = _as_names(features, "data.features")
     text: list[str] = []
     if names is None:
         names, text = default_features(table, {target, time})
-    named = [("data.target", target), ("data.time", time)] + [("data.features", n) for n in names]
-    for key, name in named:
+    named = [("data.target", target if has_target else None), ("data.time", time)]
+    for key, name in named + [("data.features", n) for n in names]:
         if name is not None:
             _column(table, name, key)
     if target in names or (time is not None and time in names):
         raise PyrotrainError(
             "the target and time columns cannot also be features", key="data.features", value=names
         )
-    y = numeric_column(table, target, "data.target")
     columns = [numeric_column(table, n, "data.features") for n in names]
     x = np.stack(columns, -1) if columns else np.zeros((len(table.rows), 0))
-    if dtype == "int64":
-        if not np.all(y == np.round(y)):
-            bad = int(np.flatnonzero(y != np.round(y))[0])
-            raise PyrotrainError(
-                f"data.dtype=int64 needs whole numbers, but column '{target}' has {y[bad]} on line "
-                f"{table.lines[bad]}",
-                key="data.dtype",
-                value=dtype,
-            )
-        y_t = torch.as_tensor(y.astype(np.int64))
-    else:
-        y_t = torch.as_tensor(y, dtype=getattr(torch, dtype))
-    tensors = {"x": torch.as_tensor(x), "y": y_t}
-    info = {
+    tensors = {"x": torch.as_tensor(x)}
+    if has_target:
+        tensors["y"] = _target(table, target, dtype)
+    info: dict = {
         "source": str(path),
         "target": target,
         "features": names,
         "text_columns": text,
         "rows": len(table.rows),
     }
-    if time is None:
-        data = split(tensors, eval_fraction, seed, info)
-    else:
-        t = numeric_column(table, time, "data.time")
+    if time is not None:
+        j = _column(table, time, "data.time")
+        dated = parse_dates([row[j] for row in table.rows], table.lines, time, table.path.name)
+        if dated is not None:
+            t = np.asarray(dated[0], dtype=np.float64)
+            info["calendar"] = dated[1].to_info()
+            if dated[1].period is not None:
+                info["period"] = dated[1].period
+        else:
+            t = numeric_column(table, time, "data.time")
         order = torch.as_tensor(np.argsort(t, kind="stable"))
         tensors = {k: v[order] for k, v in tensors.items()}
         tensors["t"] = torch.as_tensor(t)[order]
         info["time"] = time
-        data = split_by_time(tensors, eval_fraction, info)
-    if standardize:
-        data = _standardize(data)
-    return data
+    return tensors, info
+
+
+def _target(table: Table, target: str, dtype: str) -> torch.Tensor:
+    y = numeric_column(table, target, "data.target")
+    if dtype != "int64":
+        return torch.as_tensor(y, dtype=getattr(torch, dtype))
+    if not np.all(y == np.round(y)):
+        bad = int(np.flatnonzero(y != np.round(y))[0])
+        raise PyrotrainError(
+            f"data.dtype=int64 needs whole numbers, but column '{target}' has {y[bad]} on line "
+            f"{table.lines[bad]}",
+            key="data.dtype",
+            value=dtype,
+        )
+    return torch.as_tensor(y.astype(np.int64))
 
 
 def split_by_time(tensors: dict[str, torch.Tensor], eval_fraction: float, info: dict) -> Dataset:

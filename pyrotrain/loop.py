@@ -44,6 +44,11 @@ class LoopState:
     epoch_losses: list[float] = field(default_factory=list)
     skipped: int = 0  # non-finite steps skipped
     bad_in_a_row: int = 0
+    # trainer.early_stopping's monitor: the best value and its step, checks since it improved
+    best_value: float | None = None
+    best_step: int | None = None
+    bad_checks: int = 0
+    stopped_early_at: int | None = None
 
 
 @dataclass
@@ -139,6 +144,53 @@ def versions() -> dict[str, str]:
     }
 
 
+def batch_of(run: Run, index: torch.Tensor) -> dict[str, Any]:
+    """The training rows ``index`` as the model's keyword arguments (only those it accepts)."""
+    index = index.to(run.device)
+    batch: dict[str, Any] = {k: v[index] for k, v in run.data.train.items()}
+    batch["index"] = index
+    batch["size"] = run.data.size
+    accepted = run.model_kwargs
+    if accepted is not None:
+        batch = {k: v for k, v in batch.items() if k in accepted}
+    return batch
+
+
+def create_params(run: Run, index: torch.Tensor) -> set[torch.Tensor]:
+    """Create the run's parameters as a fresh run's first step does, and return them.
+
+    Models and guides create their parameters lazily (autoguides drawing random numbers as they
+    do, ``pyro.module`` registering the module's own tensors), so one ELBO evaluation on the rows
+    ``index`` creates them; saved values are then copied into those very tensors.
+    """
+    with _CollectParams() as capture, torch.no_grad():
+        run.elbo.loss(run.model, run.guide, **batch_of(run, index))
+    return capture.params
+
+
+def load_param_values(saved: dict[str, Any], key: str, source: str | None) -> None:
+    """Copy a saved param store state (``get_state()``) into the current store's tensors; names
+    the store does not hold yet are added. A shape that differs is a PyrotrainError on ``key``."""
+    store = pyro.get_param_store()
+    current = dict(store.named_parameters())
+    with torch.no_grad():
+        for name, value in saved["params"].items():
+            if name in current:
+                if current[name].shape != value.shape:
+                    raise PyrotrainError(
+                        f"parameter '{name}' has shape {tuple(current[name].shape)} in this "
+                        f"run and {tuple(value.shape)} in {source}",
+                        key=key,
+                        value=source,
+                    )
+                current[name].copy_(value)
+    later = {n: v for n, v in saved["params"].items() if n not in current}
+    if later:  # created after the first step in the saved run: they come from the store
+        store.set_state(
+            {"params": later, "constraints": {n: saved["constraints"][n] for n in later}}
+        )
+
+
 class Trainer:
     """Runs the SVI loop of a built :class:`Run` and writes its outputs to ``run_dir``."""
 
@@ -155,6 +207,7 @@ class Trainer:
         self.smoothed = SmoothedLoss(self.settings.smoothing)
         self._last_params: set[torch.Tensor] = set()
         self._epoch_of_last_batch = 0
+        self._best_state: dict[str, Any] | None = None  # the best params, not yet in best.pt
 
     def fit(self) -> dict[str, Any]:
         """Train to the run's last step; return the summary (also written as summary.json)."""
@@ -179,7 +232,8 @@ class Trainer:
                 if step == first + 1:  # throughput leaves out the first step's one-time setup
                     after_first = time.perf_counter()
                     window.start, window.steps, window.samples = after_first, 0, 0
-                logs = step % t.log_every == 0 or step == total
+                evals = t.eval_every is not None and (step % t.eval_every == 0 or step == total)
+                logs = step % t.log_every == 0 or step == total or evals
                 loss, rows, norms, stop = self._step(step, first, logs, batches, signals, window)
                 if step == first:
                     self._check_objective()
@@ -189,16 +243,30 @@ class Trainer:
                 if step % run.steps_per_epoch == 0:
                     run.stack.end_epoch(_mean(self.state.epoch_losses))
                     self.state.epoch_losses = []
+                early = False
                 if logs:
                     lrs = run.stack.lrs()
                     row = self._metrics_row(step, lrs, norms, window, start)
+                    if evals:
+                        row.update(self._evaluate_during_training())
                     metrics.write(row)
-                    display.update(step, self.smoothed.value, lrs, row["steps_per_s"])
+                    display.update(
+                        step, self.smoothed.value, lrs, row["steps_per_s"], self._shown(row)
+                    )
                     window = _Window(time.perf_counter())
+                    early = self._monitor(step, row)
                 if stop and step < total:  # at the last step, finishing is quicker
                     self._stop(stop, signals.signum, metrics)
-                if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == total:
+                if early:
+                    self.state.stopped_early_at = step
+                if (
+                    (t.checkpoint_every and step % t.checkpoint_every == 0)
+                    or step == total
+                    or early
+                ):
                     self._checkpoint(metrics)
+                if early:
+                    break
         finally:
             display.close()
             metrics.close()
@@ -319,15 +387,7 @@ class Trainer:
         return params, losses, rows, invalid
 
     def _batch(self, index: torch.Tensor) -> dict[str, Any]:
-        run = self.run
-        index = index.to(run.device)
-        batch: dict[str, Any] = {k: v[index] for k, v in run.data.train.items()}
-        batch["index"] = index
-        batch["size"] = run.data.size
-        accepted = run.model_kwargs
-        if accepted is not None:
-            batch = {k: v for k, v in batch.items() if k in accepted}
-        return batch
+        return batch_of(self.run, index)
 
     def _loss_and_grads(self, batch: dict[str, Any], first: bool) -> Any:
         run = self.run
@@ -399,14 +459,21 @@ class Trainer:
         self, loss: float, first: int, start: float, after_first: float, end: float
     ) -> dict[str, Any]:
         run, backend = self.run, self.run.backend
-        total = run.total_steps
         wall = end - start
         in_sync = backend.params_in_sync()
         evaluation = self._evaluate()  # on every rank: the same numbers, for sweepers on each
-        done = total - first + 1
+        done = self.state.step - first + 1
         timed_steps, timed = (done - 1, end - after_first) if done > 1 else (1, wall)
         rows_per_step = run.order.batch_size or run.order.rows_per_rank
         samples_per_rank = timed_steps * self.accumulate * rows_per_step / timed
+        monitor = self.settings.early_stopping.monitor
+        best = None
+        if monitor is not None and self.state.best_step is not None:
+            best = {
+                "monitor": monitor,
+                "value": self.state.best_value,
+                "step": self.state.best_step,
+            }
         finite = math.isfinite(self.smoothed.value)
         return {
             # Every step skipped as non-finite (trainer.nan_policy skip or reduce_lr) is no result.
@@ -418,8 +485,10 @@ class Trainer:
             ),
             "final_loss": loss,
             "smoothed_loss": self.smoothed.value,
-            "steps": total,
-            "epochs": math.ceil(total / run.steps_per_epoch),
+            "steps": self.state.step,
+            "stopped_early_at": self.state.stopped_early_at,
+            "best": best,
+            "epochs": math.ceil(self.state.step / run.steps_per_epoch),
             "resumed_from_step": first - 1 if run.resume is not None else None,
             "skipped_steps": self.state.skipped,
             "wall_time_s": wall,
@@ -458,6 +527,57 @@ class Trainer:
         with torch.no_grad():
             return evaluate(run.guide, run.data, num_samples=self.settings.eval_num_samples)
 
+    def _evaluate_during_training(self) -> dict[str, float]:
+        """``eval/METRIC`` of the model's evaluate now, leaving the training's RNG as it was (so
+        that evaluating changes nothing a run without it would do)."""
+        from .checkpoint import get_rng_state, set_rng_state
+
+        rng = get_rng_state()
+        try:
+            result = self._evaluate() or {}
+        finally:
+            set_rng_state(rng)
+        # Floats only: counts (n, horizon) are not metrics.
+        return {f"eval/{k}": v for k, v in result.items() if isinstance(v, float)}
+
+    def _shown(self, row: dict[str, Any]) -> str:
+        """The evaluation metric the progress display shows: the monitored one, else the first."""
+        monitor = self.settings.early_stopping.monitor
+        keys = [k for k in row if k.startswith("eval/") and isinstance(row[k], float)]
+        if monitor in row and monitor != "smoothed_loss":
+            keys = [monitor]
+        return f"{keys[0]} {row[keys[0]]:.4g}" if keys else ""
+
+    def _monitor(self, step: int, row: dict[str, Any]) -> bool:
+        """Track trainer.early_stopping's monitor on a logging step; True: stop now. Rank 0
+        decides (every rank computes the same values) and the others follow."""
+        rule = self.settings.early_stopping
+        if rule.monitor is None or rule.monitor not in row and not rule.monitor.startswith("eval/"):
+            return False
+        if rule.monitor not in row:
+            if not any(k.startswith("eval/") for k in row):
+                return False  # no evaluation on this step
+            raise PyrotrainError(
+                "the model's evaluate returns no such metric",
+                key="trainer.early_stopping.monitor",
+                value=rule.monitor,
+                choices=[k for k in row if k.startswith("eval/")] + ["smoothed_loss"],
+            )
+        value = float(row[rule.monitor])
+        state = self.state
+        if math.isfinite(value) and rule.improves(value, state.best_value):
+            state.best_value, state.best_step, state.bad_checks = value, step, 0
+            if self.writes:
+                store = pyro.get_param_store().get_state()
+                self._best_state = {
+                    "params": {k: v.detach().clone() for k, v in store["params"].items()},
+                    "constraints": dict(store["constraints"]),
+                }
+        else:
+            state.bad_checks += 1
+        stop = state.bad_checks >= rule.patience
+        return bool(self.run.backend.broadcast_object(stop))
+
     # -- checkpoints, resume, stopping ----------------------------------------------------------
 
     def _checkpoint(self, metrics: MetricsSinks) -> None:
@@ -470,6 +590,23 @@ class Trainer:
             return
         assert self.run_dir is not None
         metrics.flush()
+        if self._best_state is not None:  # before the step's checkpoint, whose state names it
+            from .checkpoint import save_best
+
+            save_best(
+                {
+                    "format": FORMAT,
+                    "kind": "best",
+                    "step": self.state.best_step,
+                    "monitor": self.settings.early_stopping.monitor,
+                    "value": self.state.best_value,
+                    "param_store": self._best_state,
+                    "config": run.config.plain,
+                    "versions": versions(),
+                },
+                self.run_dir,
+            )
+            self._best_state = None
         payload = {
             "format": FORMAT,
             "step": self.state.step,
@@ -496,28 +633,10 @@ class Trainer:
         from .checkpoint import set_rng_state
 
         run = self.run
-        with _CollectParams() as capture, torch.no_grad():
-            run.elbo.loss(run.model, run.guide, **self._batch(index))
-        store = pyro.get_param_store()
-        current = dict(store.named_parameters())
-        saved = payload["param_store"]
-        with torch.no_grad():
-            for name, value in saved["params"].items():
-                if name in current:
-                    if current[name].shape != value.shape:
-                        raise PyrotrainError(
-                            f"parameter '{name}' has shape {tuple(current[name].shape)} in this "
-                            f"run and {tuple(value.shape)} in the checkpoint",
-                            key="trainer.resume",
-                            value=str(run.resume[0]) if run.resume else None,
-                        )
-                    current[name].copy_(value)
-        later = {n: v for n, v in saved["params"].items() if n not in current}
-        if later:  # created after the first step in the saved run: they come from the store
-            store.set_state(
-                {"params": later, "constraints": {n: saved["constraints"][n] for n in later}}
-            )
-        run.stack.assign(capture.params)
+        params = create_params(run, index)
+        where = str(run.resume[0]) if run.resume else None
+        load_param_values(payload["param_store"], "trainer.resume", where)
+        run.stack.assign(params)
         run.stack.load_state_dict(payload["optim"])
         changed = run.stack.apply_changed_args(payload["optimizer_args"])
         if changed and run.backend.is_main:
@@ -589,7 +708,11 @@ class Trainer:
 
 def objective_value(summary: dict[str, Any], path: str) -> float:
     """The summary's value at a dotted ``path`` (``trainer.objective``, e.g. ``eval.rmse``): what
-    a run returns to a sweeper."""
+    a run returns to a sweeper. ``best`` is the early-stopping monitor's best value (NaN when it
+    never had a finite one)."""
+    if path == "best":
+        best = summary.get("best")
+        return float(best["value"]) if best else float("nan")
     value: Any = summary
     for part in path.split("."):
         if not isinstance(value, dict) or part not in value:

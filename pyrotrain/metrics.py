@@ -140,6 +140,7 @@ class ProgressDisplay:
                 MofNCompleteColumn(),
                 *([TaskProgressColumn()] if wide else []),
                 TextColumn("loss {task.fields[loss]}"),
+                TextColumn("{task.fields[shown]}"),
                 *(
                     [
                         TextColumn("lr {task.fields[lr]}"),
@@ -153,10 +154,23 @@ class ProgressDisplay:
                 TimeRemainingColumn(),
             ]
             self._bar = Progress(*columns, console=self.console, transient=False)
-            self._task = self._bar.add_task("train", total=total, loss="-", lr="-", speed="-")
+            self._task = self._bar.add_task(
+                "train", total=total, loss="-", lr="-", speed="-", shown=""
+            )
             self._bar.start()
 
-    def update(self, step: int, smoothed: float, lrs: dict[str, float], steps_per_s: float) -> None:
+    def update(
+        self,
+        step: int,
+        smoothed: float,
+        lrs: dict[str, float],
+        steps_per_s: float,
+        shown: str = "",
+    ) -> None:
+        """``shown``: the latest evaluation metric (``eval/mae 0.83``), kept until the next."""
+        if shown:
+            self._shown = shown
+        shown = getattr(self, "_shown", "")
         if self.mode == "bar" and self._bar is not None:
             self._bar.update(
                 self._task,
@@ -164,13 +178,16 @@ class ProgressDisplay:
                 loss=f"{smoothed:.4g}",
                 lr=_fmt_lrs(lrs),
                 speed=f"{steps_per_s:.1f}",
+                shown=shown,
             )
         elif self.mode == "plain":
             elapsed = time.perf_counter() - self._start
             eta = (self.total - step) / steps_per_s if steps_per_s > 0 else float("nan")
             prefix = f"{self.label} " if self.label else ""
             print(
-                f"{prefix}step {step}/{self.total}  loss {smoothed:.4g}  lr {_fmt_lrs(lrs)}  "
+                f"{prefix}step {step}/{self.total}  loss {smoothed:.4g}  "
+                + (f"{shown}  " if shown else "")
+                + f"lr {_fmt_lrs(lrs)}  "
                 f"{steps_per_s:.1f} steps/s  elapsed {elapsed:.1f}s  eta {eta:.1f}s",
                 file=sys.stdout,
                 flush=True,

@@ -58,9 +58,11 @@ def _title(ax: Any, text: str) -> None:
 
 
 def _save(fig, path: Path, tight: bool = True) -> Path:
+    from .io import atomic_write
+
     if tight:
         fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     _pyplot().close(fig)
     return path
 
@@ -102,7 +104,8 @@ _STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)),
 
 
 def plot_run(run_dir: str | Path, log_scale: bool | None = None) -> list[Path]:
-    """Write loss.png, lr.png and grad_norm.png into ``run_dir``; return the files written.
+    """Write loss.png, lr.png, grad_norm.png (and eval.png with trainer.eval_every) into
+    ``run_dir``; return the files written.
 
     ``log_scale=None`` uses a log loss axis when every loss is positive and they span more than
     a factor of 20.
@@ -160,7 +163,64 @@ def plot_run(run_dir: str | Path, log_scale: bool | None = None) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(title="group")
         written.append(_save(fig, run_dir / fname))
-    return written
+    evaluated = _plot_eval(run_dir, rows)
+    return written + ([evaluated] if evaluated else [])
+
+
+def _monitor(run_dir: Path) -> tuple[str | None, str]:
+    """trainer.early_stopping's monitor and mode, from the run's saved config."""
+    config = run_dir / ".hydra" / "config.yaml"
+    if not config.is_file():
+        return None, "min"
+    import yaml
+
+    rule = ((yaml.safe_load(config.read_text()) or {}).get("trainer") or {}).get("early_stopping")
+    rule = rule or {}
+    return rule.get("monitor"), rule.get("mode", "min")
+
+
+def _plot_eval(run_dir: Path, rows: list[dict]) -> Path | None:
+    """eval.png: each held-out metric of trainer.eval_every over the steps, one panel each;
+    metrics that never change (baselines) are listed, and the monitored one's best is marked."""
+    keys = sorted({k for r in rows for k in r if k.startswith("eval/")})
+    if not keys:
+        return None
+    courses = {k: _series(rows, k)[1] for k in keys}
+    constant = {k: v[0] for k, v in courses.items() if len(v) > 1 and len(set(v)) == 1}
+    keys = [k for k in keys if k not in constant] or keys
+    monitor, mode = _monitor(run_dir)
+    plt = _pyplot()
+    cols = min(3, len(keys))
+    nrows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.4 * cols, 3.3 * nrows + 0.6), squeeze=False)
+    for ax, key in zip(axes.flat, keys, strict=False):
+        xs, ys = _series(rows, key)
+        ax.plot(xs, ys, marker="o", ms=3, lw=1.5, color="tab:green")
+        title = key[len("eval/") :]
+        if key == monitor and ys:
+            pick = min if mode == "min" else max
+            best = pick(range(len(ys)), key=ys.__getitem__)
+            ax.plot(
+                [xs[best]],
+                [ys[best]],
+                marker="*",
+                ms=14,
+                color="tab:red",
+                ls="none",
+                label=f"best {ys[best]:.4g} (step {xs[best]})",
+            )
+            ax.legend(fontsize="small")
+            title += " (monitored)"
+        ax.set(xlabel="step", title=title)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    fig.suptitle(f"Held-out evaluation during training: {run_dir.name}")
+    if constant:
+        fixed = ", ".join(f"{k[len('eval/') :]} {v:.4g}" for k, v in constant.items())
+        fig.text(0.5, 0.01, f"unchanged over the run: {fixed}", ha="center", fontsize="small")
+    fig.tight_layout(rect=(0, 0.04 if constant else 0, 1, 1))
+    return _save(fig, run_dir / "eval.png", tight=False)
 
 
 def job_overrides(job_dir: Path) -> list[str]:

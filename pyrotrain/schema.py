@@ -216,6 +216,11 @@ def coerce(value: Any, tp: Any, key: str, meta: dict | None = None) -> Any:
     return value
 
 
+def _yaml(value: Any) -> str:
+    """``value`` as YAML writes it in a config file."""
+    return OmegaConf.to_yaml({"v": value}).strip()[len("v: ") :]
+
+
 def settings_table(cls: type) -> str:
     """A markdown table of a section's settings: key, default, what it accepts and does."""
     hints = typing.get_type_hints(cls)
@@ -227,8 +232,12 @@ def settings_table(cls: type) -> str:
             default = f.default_factory()
         else:
             default = f.default
-        shown = OmegaConf.to_yaml({"v": default}).strip()[len("v: ") :]  # as YAML writes it
-        accepts = describe_type(hints[f.name])
+        if dataclasses.is_dataclass(default):  # a nested section: its own table says more
+            shown = "{" + ", ".join(f"{k}: {_yaml(v)}" for k, v in vars(default).items()) + "}"
+            accepts = "a mapping of " + ", ".join(vars(default))
+        else:
+            shown = _yaml(default)
+            accepts = describe_type(hints[f.name])
         bounds = []
         m = f.metadata
         if m.get("minimum") is not None:

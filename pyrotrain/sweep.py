@@ -44,9 +44,10 @@ def record_failure(run_dir: Path, status: str, reason: str, detail: str | None =
     return path
 
 
-def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per job: finished jobs ranked best (lowest smoothed final loss) first, then the
-    jobs that diverged or failed, with the reason."""
+def collect(sweep_dir: Path, by_best: str | None = None) -> list[dict[str, Any]]:
+    """One row per job: finished jobs ranked best (lowest smoothed final loss; with ``by_best``,
+    ``trainer.objective=best``: the best monitored value, ``by_best`` being the monitor's mode,
+    min or max) first, then the jobs that diverged or failed, with the reason."""
     rows = []
     jobs = sweep_jobs(sweep_dir)
     labels = job_labels(jobs)
@@ -67,14 +68,16 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
                 "eval": s.get("eval") or {},
                 "steps_per_s": s.get("steps_per_s"),
                 "steps": s.get("steps"),
+                "best": (s.get("best") or {}).get("value"),
                 "run_dir": str(job),
             }
         )
 
     def key(row: dict[str, Any]) -> tuple[bool, float]:
-        v = row["smoothed_loss"]
-        finite = isinstance(v, (int, float)) and math.isfinite(v)
-        return row["status"] != FINISHED, v if finite else math.inf
+        v = row["smoothed_loss"] if by_best is None else row["best"]
+        if not isinstance(v, (int, float)) or not math.isfinite(v):
+            return row["status"] != FINISHED, math.inf
+        return row["status"] != FINISHED, -v if by_best == "max" else v
 
     rows.sort(key=key)
     rank = 0
@@ -95,6 +98,7 @@ def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
         "overrides",
         "smoothed_loss",
         "final_loss",
+        "best",
         *[f"eval.{k}" for k in eval_keys],
         "steps_per_s",
         "steps",
@@ -123,13 +127,15 @@ def print_table(rows: list[dict[str, Any]], sweep_dir: Path, console: Console) -
     eval_keys = sorted({k for r in rows for k in r["eval"] if isinstance(r["eval"][k], float)})
     finished = sum(r["status"] == FINISHED for r in rows)
     title = f"Sweep {sweep_dir} ({len(rows)} jobs, {finished} finished, best first)"
-    columns = ["smoothed loss", *eval_keys, "steps/s"]
+    by_best = any(r.get("best") is not None for r in rows)
+    columns = ["smoothed loss", *(["best"] if by_best else []), *eval_keys, "steps/s"]
 
     def numbers(r: dict[str, Any]) -> list[str]:
         if r["status"] != FINISHED:
             return [r["status"], *["-"] * (len(columns) - 1)]
         return [
             _fmt(r["smoothed_loss"]),
+            *([_fmt(r.get("best"))] if by_best else []),
             *[_fmt(r["eval"].get(k)) for k in eval_keys],
             _fmt(r["steps_per_s"]),
         ]
@@ -196,6 +202,13 @@ def check_jobs(config: DictConfig, config_name: str | None) -> None:
             exit_with(f"{exc} (in the sweep's job with {which}; no job was run)")
 
 
+def _by_best(config: DictConfig) -> str | None:
+    """The monitor's mode when the jobs are ranked by it (``trainer.objective=best``), else None."""
+    if OmegaConf.select(config, "trainer.objective") != "best":
+        return None
+    return str(OmegaConf.select(config, "trainer.early_stopping.mode", default="min"))
+
+
 class SweepSummary(Callback):
     """Hydra callback: check the jobs first; after each job and at the end, rank the jobs and
     write sweep_summary.csv/.json; at the end also comparison.png, and exit 1 when no job
@@ -211,13 +224,13 @@ class SweepSummary(Callback):
             return
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
-            write_summary(sweep_dir, collect(sweep_dir))
+            write_summary(sweep_dir, collect(sweep_dir, _by_best(config)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not is_main_process():  # under a launcher every rank runs the sweep
             return
         sweep_dir = Path(config.hydra.sweep.dir)
-        rows = collect(sweep_dir) if sweep_dir.is_dir() else []
+        rows = collect(sweep_dir, _by_best(config)) if sweep_dir.is_dir() else []
         if not rows:
             return
         write_summary(sweep_dir, rows)

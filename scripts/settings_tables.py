@@ -19,13 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def tables() -> dict[str, str]:
-    from pyrotrain.config import TrainerConfig
+    from pyrotrain.config import EarlyStopping, TrainerConfig
     from pyrotrain.distributed.horovod import Settings as HorovodSettings
     from pyrotrain.distributed.torch import Settings as TorchSettings
     from pyrotrain.schema import settings_table
 
     return {
         "trainer": settings_table(TrainerConfig),
+        "early_stopping": settings_table(EarlyStopping),
         "distributed": settings_table(HorovodSettings),
         "distributed_torch": settings_table(TorchSettings),
     }

@@ -27,6 +27,7 @@ import pyrotrain.registry
 from pyrotrain.registry import Registry
 
 TESTS = Path(__file__).parent
+REPO = TESTS.parent  # first on PYTHONPATH: a worktree's pyrotrain, not the installed checkout's
 DATA = TESTS / "data"
 SMALL_CSV = DATA / "small_regression.csv"
 # The console scripts installed beside this interpreter: pyrotrain, pyrotrain-list, horovodrun...
@@ -46,7 +47,7 @@ def one_group(name: str, **args) -> dict:
 
 
 def cli_env(
-    env: Mapping[str, str] | None = None, pythonpath: Sequence[Path] = (TESTS,)
+    env: Mapping[str, str] | None = None, pythonpath: Sequence[Path] = (REPO, TESTS)
 ) -> dict[str, str]:
     """The environment to run ``pyrotrain`` in: toy_models importable, and HYDRA_FULL_ERROR only
     where ``env`` sets it, so that a developer's shell cannot turn errors into tracebacks. The

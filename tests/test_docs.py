@@ -3,10 +3,10 @@
 What runs:
 
 - ```python blocks, each in a fresh directory in a subprocess; they must exit 0.
-- ```bash and ```sh blocks: each line is a command. ``pyrotrain``, ``pyrotrain-list`` and
-  ``pyrotrain-plot`` lines run in-process through their entry points (the Hydra one for
-  ``pyrotrain``), in a fresh directory, and must exit 0. Other programs (make, pip, horovodrun, ...)
-  are not run, but each must be one that NOT_RUN names.
+- ```bash and ```sh blocks: each line is a command. ``pyrotrain``, ``pyrotrain-list``,
+  ``pyrotrain-plot`` and ``pyrotrain-predict`` lines run in-process through their entry points
+  (the Hydra one for ``pyrotrain``), in a fresh directory, and must exit 0. Other programs
+  (make, pip, horovodrun, ...) are not run, but each must be one that NOT_RUN names.
 - ```console blocks: lines that start with ``$ `` are commands; the lines after one are output
   that the command must print (whitespace aside).
 - Inline code spans in the prose that are whole ``pyrotrain`` commands; spans with placeholders
@@ -54,7 +54,7 @@ PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 SHORT_STEPS = 3
 SHORT_TRIALS = 2
-RUN = {"pyrotrain", "pyrotrain-list", "pyrotrain-plot"}
+RUN = {"pyrotrain", "pyrotrain-list", "pyrotrain-plot", "pyrotrain-predict"}
 # Programs the docs name that this test does not run, and why.
 NOT_RUN = {
     "make": "builds the environment or runs the whole suite or the benchmarks",
@@ -71,7 +71,9 @@ FENCE = re.compile(r"^(```+)\s*(\S*)\s*$")
 DIRECTIVE = re.compile(r"^<!--\s*doc-test:\s*(.*?)\s*-->\s*$")
 FILE_COMMENT = re.compile(r"^#\s*([\w.-]+\.\w+)\s*$")
 PLACEHOLDER = re.compile(r"\b[A-Z][A-Z_]+\b|\.\.\.|\[-")
-INLINE_COMMAND = re.compile(r"^(?:\S*/)?(pyrotrain|pyrotrain-list|pyrotrain-plot)\s+\S")
+INLINE_COMMAND = re.compile(
+    r"^(?:\S*/)?(pyrotrain|pyrotrain-list|pyrotrain-plot|pyrotrain-predict)\s+\S"
+)
 NAMED_CONF = re.compile(r"`(conf/[\w/]+\.yaml)`:\s*$")
 STEPS = re.compile(r"^trainer\.steps=(\d+)$")
 CHECKPOINT = re.compile(r"step-(\d{8})\.pt")
@@ -357,6 +359,10 @@ def run_in_process(command: Command, cwd: Path) -> tuple[int, str]:
                 from pyrotrain.listing import main
 
                 main(args)
+            elif command.program == "pyrotrain-predict":
+                from pyrotrain.predict import main as predict_main
+
+                predict_main(args)
             else:
                 from pyrotrain.plots import main
 

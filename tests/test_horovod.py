@@ -22,6 +22,7 @@ import torch
 from helpers import (
     BIN,
     PYROTRAIN,
+    REPO,
     TESTS,
     cli_env,
     metrics_rows,
@@ -99,7 +100,7 @@ def launch(args: list[str], cwd: Path, env: dict[str, str], np: int = 2) -> subp
 
 
 def launch_env(
-    env: dict[str, str] | None = None, pythonpath: Sequence[Path] = (TESTS,)
+    env: dict[str, str] | None = None, pythonpath: Sequence[Path] = (REPO, TESTS)
 ) -> dict[str, str]:
     """``cli_env`` for a job's ranks: this interpreter's bin first on PATH, one OpenMP thread."""
     path = f"{BIN}{os.pathsep}{os.environ['PATH']}"
@@ -114,7 +115,7 @@ def hvdrun(tmp: Path, *args: str, cwd: Path, np: int = 2, timeout: float = 120) 
     writes = tmp / "writes"
     env = launch_env(
         {"PYROTRAIN_TEST_WATCH": str(cwd), "PYROTRAIN_TEST_WRITES": str(writes)},
-        pythonpath=[hook, TESTS, cwd],
+        pythonpath=[hook, REPO, TESTS, cwd],
     )
     start = time.perf_counter()
     proc = launch(list(args), cwd, env, np)
@@ -427,3 +428,34 @@ def test_ctrl_c_to_horovodrun_stops_every_rank_after_the_same_step(tmp_path):
     r = hvdrun(tmp_path, *args, "hydra.run.dir=straight", cwd=tmp_path)
     assert r.returncode == 0, r.output
     _assert_same_final_state(tmp_path / "straight", tmp_path / "run", 500)
+
+
+def test_two_ranks_stop_early_after_the_same_step(tmp_path):
+    """Early stopping on an evaluation metric: rank 0 decides and rank 1 follows, so the job ends
+    (a rank still training would wait forever in its next allreduce) after step 10 of 40, with
+    the best step's parameters in best.pt."""
+    job = tmp_path / "job"
+    job.mkdir()
+    r = hvdrun(
+        tmp_path,
+        *COMMON,
+        "model=custom",
+        "model.target=toy_models:ScriptedEval",
+        "+model.script=[5.0,4.0,3.0,2.97,3.5,1.0]",
+        "trainer.batch_size=50",
+        "trainer.steps=40",
+        "trainer.log_every=2",
+        "trainer.eval_every=2",
+        "trainer.early_stopping.monitor=eval/score",
+        "trainer.early_stopping.patience=2",
+        "trainer.early_stopping.min_delta=0.05",
+        "hydra.run.dir=run",
+        cwd=job,
+    )
+    assert r.returncode == 0, r.output
+    assert r.writes == {1: []}, r.writes
+    summary = run_summary(job / "run")
+    assert summary["stopped_early_at"] == 10 and summary["best"]["step"] == 6
+    assert summary["params_in_sync"] is True
+    assert "stopped early at step 10" in r.output
+    assert (job / "run" / "checkpoints" / "best.pt").is_file()

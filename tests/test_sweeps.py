@@ -206,3 +206,17 @@ def test_plot_command_on_run_and_sweep(tmp_path):
     assert "comparison.png" in r.stdout
     r = subprocess.run([str(exe), str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 2 and "no metrics.jsonl" in r.stderr
+
+
+@pytest.mark.parametrize("mode,order", [("min", ["1", "2", "0"]), ("max", ["0", "2", "1"])])
+def test_objective_best_ranks_jobs_by_their_best_monitored_value(tmp_path, mode, order):
+    from pyrotrain.sweep import collect
+
+    for job, (loss, best) in enumerate([(1.0, 3.0), (3.0, 1.0), (2.0, 2.0)]):
+        d = tmp_path / str(job)
+        d.mkdir()
+        (d / "metrics.jsonl").write_text("")
+        summary = {"smoothed_loss": loss, "best": {"monitor": "eval/x", "value": best, "step": 5}}
+        (d / "summary.json").write_text(json.dumps(summary))
+    assert [r["job"] for r in collect(tmp_path)] == ["0", "2", "1"]  # by smoothed loss
+    assert [r["job"] for r in collect(tmp_path, mode)] == order

@@ -120,3 +120,24 @@ class BigParameter:
 
     def guide(self, *args, **kwargs):
         """No latent variables (guide=model)."""
+
+
+class ScriptedEval:
+    """Linear regression whose ``evaluate`` returns the next value of ``script`` as ``score``
+    (the last one again when the script runs out): a metric whose course a test decides."""
+
+    def __init__(self, data, script=(1.0,)):
+        self.features = data.train["x"].shape[-1]
+        self.script = [float(v) for v in script]
+        self.calls = 0
+
+    def __call__(self, x, y=None, index=None, size=None):
+        n = x.shape[0] if size is None else size
+        w = pyro.sample("w", dist.Normal(torch.zeros(self.features), 1.0).to_event(1))
+        with pyro.plate("data", n, subsample=index):
+            pyro.sample("obs", dist.Normal(x @ w, 1.0), obs=y)
+
+    def evaluate(self, guide, data, num_samples=100):
+        value = self.script[min(self.calls, len(self.script) - 1)]
+        self.calls += 1
+        return {"n": int(data.eval["x"].shape[0]), "score": value}
