@@ -36,6 +36,7 @@ from .errors import PyrotrainError, exit_with
 from .loop import objective_value, train
 from .metrics import screen
 from .outputs import undo as undo_outputs
+from .search import PRUNED, TrialPruned, trial_reporter
 from .sweep import record_failure
 
 EXIT_USAGE = 2
@@ -55,7 +56,12 @@ def _job(cfg: DictConfig) -> float:
     label = f"[job {hydra_cfg.job.num}]" if in_sweep else ""
     objective = cfg.trainer.get("objective", "smoothed_loss")
     try:
-        summary = train(cfg, run_dir, label=label)
+        reporter = None
+        if survives:  # a trial of an Optuna search reports to its study as it trains
+            reporter = trial_reporter(hydra_cfg.sweeper, hydra_cfg.sweep.dir, objective)
+        summary = train(cfg, run_dir, label=label, on_log=reporter)
+    except TrialPruned as exc:
+        return _job_failed(run_dir, label, PRUNED, str(exc))
     except PyrotrainError as exc:
         if exc.exit_code == EXIT_USAGE and is_main_process():
             undo_outputs(run_dir)  # bad input writes nothing
@@ -101,15 +107,16 @@ def _job(cfg: DictConfig) -> float:
 def _job_failed(
     run_dir: Path, label: str, status: str, reason: str, exc: BaseException | None = None
 ) -> float:
-    """Record a sweep job that diverged or failed (its summary.json says so, with the reason;
-    error.txt holds the traceback of a failure) and return NaN to the sweeper."""
+    """Record a sweep job that diverged, failed or was pruned (its summary.json says so, with
+    the reason; error.txt holds the traceback of a failure) and return NaN to the sweeper."""
     detail = None
     if exc is not None:
         detail = "".join(traceback.format_exception(exc))
     path = record_failure(run_dir, status, _one_paragraph(reason), detail)
     where = f" (traceback: {run_dir / 'error.txt'})" if detail else ""
+    style = "yellow" if status == PRUNED else "bold red"
     screen(stderr=True).print(
-        f"[bold red]{escape(label)} {status}:[/] {escape(_one_paragraph(reason))}{escape(where)} "
+        f"[{style}]{escape(label)} {status}:[/] {escape(_one_paragraph(reason))}{escape(where)} "
         f"The sweep goes on; this job is marked {status} in {escape(str(path))}.",
         highlight=False,
     )
@@ -184,6 +191,16 @@ def user_error_message(exc: BaseException) -> str | None:
     return None
 
 
+def _register_sweeper() -> None:
+    """Hydra finds plugins by scanning the ``hydra_plugins`` namespace, which setuptools' editable
+    installs (``pip install -e .``) hide from it: register pyrotrain's sweeper by name instead."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.pyrotrain_optuna.sweeper import OptunaSweeper
+
+    Plugins.instance().register(OptunaSweeper)
+
+
 def main() -> None:
     # Users' own models and data (model.target=mymodule:Model) import from the working directory.
     if os.getcwd() not in sys.path:
@@ -195,6 +212,7 @@ def main() -> None:
     launch = launch_env()
     try:
         start_process(sys.argv)
+        _register_sweeper()
         _job()
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once, without a checkpoint
         if user_wants_trace:

@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,8 +128,17 @@ def versions() -> dict[str, str]:
 class Trainer:
     """Runs the SVI loop of a built :class:`Run` and writes its outputs to ``run_dir``."""
 
-    def __init__(self, run: Run, run_dir: Path | None = None, console: Any = None, label: str = ""):
+    def __init__(
+        self,
+        run: Run,
+        run_dir: Path | None = None,
+        console: Any = None,
+        label: str = "",
+        on_log: Callable[[dict[str, Any]], None] | None = None,
+    ):
         self.run = run
+        # Called with every metrics row (a sweeper's reporter; whatever it raises ends the run).
+        self.on_log = on_log
         self.writes = run_dir is not None and run.backend.is_main
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.console = console if console is not None else screen()
@@ -181,6 +190,8 @@ class Trainer:
                     metrics.write(row)
                     display.update(step, self.smoothed.value, lrs, row["steps_per_s"])
                     window = _Window(time.perf_counter())
+                    if self.on_log is not None:
+                        self.on_log(row)
                 if stop and step < total:  # at the last step, finishing is quicker
                     self._stop(stop, signals.signum, metrics)
                 if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == total:
@@ -569,13 +580,19 @@ def objective_value(summary: dict[str, Any], path: str) -> float:
     return float(value)
 
 
-def train(cfg: Any, run_dir: str | Path | None = None, label: str = "") -> dict[str, Any]:
+def train(
+    cfg: Any,
+    run_dir: str | Path | None = None,
+    label: str = "",
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Run one training job from a composed config; return its summary.
 
     The Pyro param store is cleared first and holds the trained parameters afterwards. Outputs
     (metrics.jsonl, params.pt, summary.json) are written to ``run_dir`` when it is given.
-    ``label`` prefixes the progress lines (``[job 3]`` in a sweep).
+    ``label`` prefixes the progress lines (``[job 3]`` in a sweep); ``on_log`` is called with
+    every metrics row.
     """
     pyro.clear_param_store()
     out = Path(run_dir) if run_dir is not None else None
-    return Trainer(build(cfg, out), out, label=label).fit()
+    return Trainer(build(cfg, out), out, label=label, on_log=on_log).fit()
