@@ -38,6 +38,7 @@ from .metrics import screen
 from .outputs import undo as undo_outputs
 from .search import PRUNED, TrialPruned, trial_reporter
 from .sweep import record_failure
+from .tracking import log_plots
 
 EXIT_USAGE = 2
 _show_traceback = False  # HYDRA_FULL_ERROR=1 as the user set it
@@ -100,6 +101,7 @@ def _job(cfg: DictConfig) -> float:
     from .plots import plot_run
 
     plot_run(run_dir)
+    log_plots(run_dir)  # with logger=mlflow, the plots join the run's artifacts
     console.print(f"{tag}run dir: {escape(str(run_dir))}")
     return value
 

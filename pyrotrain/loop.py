@@ -162,7 +162,9 @@ class Trainer:
         pyro.set_rng_seed(run.config.seed)
         batches = self._start()
         total, first = run.total_steps, self.state.step + 1
-        metrics = MetricsSinks(self.run_dir if self.writes else None, (run.config.logger,))
+        metrics = MetricsSinks(
+            self.run_dir if self.writes else None, run.config.logger.names, run.config
+        )
         display = ProgressDisplay(
             total, t.progress if run.backend.is_main else "none", self.console, self.label
         )
@@ -196,15 +198,19 @@ class Trainer:
                     self._stop(stop, signals.signum, metrics)
                 if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == total:
                     self._checkpoint(metrics)
-        finally:
+        except BaseException as exc:
             display.close()
-            metrics.close()
+            metrics.close(failed=exc)
+            raise
+        display.close()
+        metrics.close()
         end = time.perf_counter()
         summary = self._summary(loss, first, start, after_first, end)
         if self.writes:
             assert self.run_dir is not None
             save_params(self.run_dir / "params.pt")
             write_json(self.run_dir / "summary.json", summary)
+        metrics.finish(summary)
         return summary
 
     # -- the parts of a run -----------------------------------------------------------------------

@@ -169,7 +169,7 @@ class TrialReporter:
         if self.trial.should_prune():
             raise TrialPruned(
                 f"pruned at step {step}: {self.column} {value:.6g} was worse than the "
-                "study's earlier trials at that step (hydra.sweeper.pruner)"
+                "study's earlier trials at that step (hydra.sweeper.pruner)."
             )
 
 

@@ -101,7 +101,7 @@ class OptunaSweeper(Sweeper):
         )
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         while (done := search.trials_done(study)) < self.n_trials:
-            trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
+            trials = [self._ask(study, space) for _ in range(min(self.n_jobs, self.n_trials - done))]
             jobs = [
                 [
                     *search.trial_overrides(t.params),
@@ -122,6 +122,26 @@ class OptunaSweeper(Sweeper):
             for t, ret in zip(trials, returns, strict=True):
                 self._tell(study, t, ret, console)
         self._results(study, url, console)
+
+    def _ask(self, study: Any, space: dict[str, Any]) -> Any:
+        from optuna.trial import TrialState
+
+        trial = study.ask()
+        try:
+            for name, distribution in space.items():
+                trial._suggest(name, distribution)
+        except ValueError as exc:  # a search space the stored study cannot take
+            trial.set_user_attr(search.INTERRUPTED, True)
+            study.tell(trial, state=TrialState.FAIL)
+            raise PyrotrainError(
+                f"study '{self.study_name}' in {self.storage or 'the sweep directory'} was run "
+                f"with another search space, and Optuna cannot change it ({exc})",
+                key="hydra.sweeper.params",
+                value={k: str(v) for k, v in (self.params or {}).items()},
+                hint="Keep the study's choices, or start a new study: "
+                "hydra.sweeper.study_name=NEW_NAME",
+            ) from None
+        return trial
 
     def _tell(self, study: Any, trial: Any, ret: JobReturn, console: Any) -> None:
         from optuna.trial import TrialState
