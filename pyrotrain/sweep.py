@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
@@ -207,7 +208,8 @@ class SweepSummary(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         # A sweep stopped half-way (Ctrl-C, a killed process) still has a summary of its jobs.
-        if OmegaConf.select(config, "hydra.mode") != "MULTIRUN" or not is_main_process():
+        # hydra.mode is an enum here: compared with the string, it never matched.
+        if OmegaConf.select(config, "hydra.mode") != RunMode.MULTIRUN or not is_main_process():
             return
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
