@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,7 +57,11 @@ def open_storage(url: str, key: str = "hydra.sweeper.storage") -> optuna.storage
 
     quiet_optuna()
     try:
-        return optuna.storages.RDBStorage(url)
+        try:
+            return optuna.storages.RDBStorage(url)
+        except Exception:  # another process sharing the study may be creating its tables
+            time.sleep(1.0)
+            return optuna.storages.RDBStorage(url)
     except Exception as exc:  # SQLAlchemy's errors for bad URLs, missing drivers, unwritable files
         raise PyrotrainError(
             f"the Optuna storage cannot be opened ({type(exc).__name__}: "

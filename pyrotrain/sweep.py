@@ -4,7 +4,7 @@ JSON and on screen.
 
 :class:`SweepSummary` is a Hydra callback (registered in conf/config.yaml under
 ``hydra.callbacks``). It reads each job's summary.json, so it works the same for the basic
-launcher, joblib and Optuna. A sweep exits 0 when at least one job finished and 1 when none did.
+launcher, joblib and Optuna. A sweep exits 1 when every job diverged or failed, else 0.
 """
 
 from __future__ import annotations
@@ -199,8 +199,8 @@ def check_jobs(config: DictConfig, config_name: str | None) -> None:
 
 class SweepSummary(Callback):
     """Hydra callback: check the jobs first; after each job and at the end, rank the jobs and
-    write sweep_summary.csv/.json; at the end also comparison.png, and exit 1 when no job
-    finished."""
+    write sweep_summary.csv/.json; at the end also comparison.png, and exit 1 when every job
+    diverged or failed."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if is_main_process():
@@ -234,7 +234,9 @@ class SweepSummary(Callback):
             f"plot: {sweep_dir / 'comparison.png'}",
             highlight=False,
         )
-        if not any(r["status"] == FINISHED for r in rows):
+        # A pruned trial is the search working: only a sweep of jobs that all diverged or failed
+        # is a failure.
+        if not any(r["status"] in (FINISHED, "pruned") for r in rows):
             screen(stderr=True).print(
                 f"[bold red]stopped:[/] no job of the sweep finished ({len(rows)} diverged or "
                 "failed; the reasons are above and in sweep_summary.csv)",
