@@ -151,9 +151,7 @@ def parse_loggers(node: Any, key: str = "logger") -> LoggerConfig:
         )
     for name, settings in node.items():
         if name not in LOGGERS:
-            raise PyrotrainError(
-                "unknown metrics logger", key=key, value=name, choices=LOGGERS
-            )
+            raise PyrotrainError("unknown metrics logger", key=key, value=name, choices=LOGGERS)
         if name != "mlflow" and settings not in (None, {}):
             raise PyrotrainError(
                 f"the {name} logger has no settings", key=f"{key}.{name}", value=settings

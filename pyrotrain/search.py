@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -112,6 +112,16 @@ def distributions(
         IntDistribution,
     )
 
+    def categorical(override: Any, name: str) -> CategoricalDistribution:
+        choices = list(override.sweep_iterator(transformer=Transformer.encode))
+        if any(isinstance(c, (list, dict)) for c in choices):
+            raise PyrotrainError(
+                "an Optuna choice takes single values (numbers, strings, null)",
+                key=f"hydra.sweeper.params.{name}",
+                value=override.get_value_element_as_str(),
+            )
+        return CategoricalDistribution(cast(list[str | int | float | bool | None], choices))
+
     lines = [f"{k}={v}" for k, v in params.items()]
     space: dict[str, BaseDistribution] = {}
     fixed: list[str] = []
@@ -121,8 +131,7 @@ def distributions(
         if not override.is_sweep_override():
             fixed.append(override.input_line or f"{name}={override.get_value_element_as_str()}")
         elif isinstance(value, ChoiceSweep) or (isinstance(value, RangeSweep) and value.shuffle):
-            choices = list(override.sweep_iterator(transformer=Transformer.encode))
-            space[name] = CategoricalDistribution(choices)
+            space[name] = categorical(override, name)
         elif isinstance(value, RangeSweep):
             start, stop, step = value.start, value.stop, value.step
             assert start is not None and stop is not None
@@ -130,8 +139,7 @@ def distributions(
                 last = start + step * ((stop - 1 - start) // step)
                 space[name] = IntDistribution(int(start), int(last), step=int(step))
             else:
-                choices = list(override.sweep_iterator(transformer=Transformer.encode))
-                space[name] = CategoricalDistribution(choices)
+                space[name] = categorical(override, name)
         elif isinstance(value, IntervalSweep):
             lo, hi, log = value.start, value.end, "log" in value.tags
             assert lo is not None and hi is not None

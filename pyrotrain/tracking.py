@@ -66,8 +66,7 @@ def _client(settings: MlflowConfig) -> tuple[MlflowClient, str]:
         return client, client.create_experiment(settings.experiment_name)
     except Exception as exc:
         raise PyrotrainError(
-            f"the MLflow tracking store cannot be used ({type(exc).__name__}: "
-            f"{_first_line(exc)})",
+            f"the MLflow tracking store cannot be used ({type(exc).__name__}: {_first_line(exc)})",
             key="logger.mlflow.tracking_uri",
             value=settings.tracking_uri,
             hint="Give a store you can write: a SQLite file (sqlite:///mlflow.db), a "
@@ -106,9 +105,7 @@ def git_commit(cwd: Path | None = None) -> str | None:
 
 
 def _tags(config: RunConfig, run_dir: Path) -> dict[str, str]:
-    stack = " ".join(
-        f"{g.name}:{'frozen' if g.frozen else g.optimizer}" for g in config.groups
-    )
+    stack = " ".join(f"{g.name}:{'frozen' if g.frozen else g.optimizer}" for g in config.groups)
     tags = {
         "model": config.model.name,
         "optimizer_stack": stack,
@@ -139,9 +136,7 @@ class MlflowRun:
         self.active = True
         name = settings.run_name or _run_name(run_dir)
         try:
-            run = self.client.create_run(
-                experiment_id, run_name=name, tags=_tags(config, run_dir)
-            )
+            run = self.client.create_run(experiment_id, run_name=name, tags=_tags(config, run_dir))
             self.run_id = run.info.run_id
             params = [Param(k, v[:6000]) for k, v in flatten(config.plain)]
             for i in range(0, len(params), _BATCH):
@@ -191,9 +186,7 @@ class MlflowRun:
 
         now = int(time.time() * 1000)
         step = int(summary.get("steps") or 0)
-        numbers = [
-            Metric(f"summary/{k}", float(v), now, step) for k, v in flatten_numbers(summary)
-        ]
+        numbers = [Metric(f"summary/{k}", float(v), now, step) for k, v in flatten_numbers(summary)]
         self._guard("logging the summary", self.client.log_batch, self.run_id, metrics=numbers)
         for path in (self.run_dir / "summary.json", self.run_dir / ".hydra" / "config.yaml"):
             if path.exists():
@@ -304,8 +297,7 @@ class SweepRun(Callback):
             self.client.set_terminated(self.run_id, "FINISHED" if finished else "FAILED")
         except Exception as exc:
             warnings.warn(
-                f"MLflow: ending the sweep's run failed ({type(exc).__name__}: "
-                f"{_first_line(exc)})",
+                f"MLflow: ending the sweep's run failed ({type(exc).__name__}: {_first_line(exc)})",
                 RuntimeWarning,
                 stacklevel=2,
             )

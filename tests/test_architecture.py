@@ -202,7 +202,9 @@ def test_only_search_and_tracking_import_optuna_and_mlflow():
         for package, files in allowed.items():
             if package in imported:
                 assert path.name in files, (path, package)
-    assert (ROOT / "hydra_plugins").is_dir() and not (ROOT / "hydra_plugins" / "__init__.py").exists()
+    assert (ROOT / "hydra_plugins").is_dir() and not (
+        ROOT / "hydra_plugins" / "__init__.py"
+    ).exists()
 
 
 def test_a_backend_module_is_all_an_engine_needs():

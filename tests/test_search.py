@@ -97,6 +97,7 @@ def _popen(args: list[str], cwd: Path) -> subprocess.Popen:
 
 def test_a_killed_study_resumes_in_two_processes_that_share_it(tmp_path):
     db = tmp_path / "study.db"
+
     def args(sweep: str) -> list[str]:  # no pruner: every trial runs to its end
         return search(db, tmp_path / sweep, 4, "interval(0.01, 0.05)", "hydra/sweeper/pruner=nop")
 

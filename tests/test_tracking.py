@@ -84,9 +84,7 @@ def test_mlflow_records_runs_and_a_sweep_as_parent_and_children(cli, tmp_path):
     runs = client.search_runs([experiment.experiment_id])
     parent = [x for x in runs if x.data.tags.get("sweep_dir") == str(sweep)]
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
-    children = [
-        x for x in runs if x.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id
-    ]
+    children = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
     assert sorted(x.data.params["optim.lr"] for x in children) == ["0.01", "0.02"]
     assert {a.path for a in client.list_artifacts(parent[0].info.run_id)} == {"sweep_summary.csv"}
 

@@ -70,13 +70,14 @@ class OptunaSweeper(Sweeper):
 
     def _study(self, url: str) -> Any:
         import optuna
+        from optuna.study import StudyDirection
 
         return optuna.create_study(
             study_name=self.study_name,
             storage=search.open_storage(url),
             sampler=self.sampler,
             pruner=search.make_pruner(self.pruner),
-            direction=self.direction,
+            direction=StudyDirection[self.direction.upper()],
             load_if_exists=True,
         )
 
@@ -101,7 +102,9 @@ class OptunaSweeper(Sweeper):
         )
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         while (done := search.trials_done(study)) < self.n_trials:
-            trials = [self._ask(study, space) for _ in range(min(self.n_jobs, self.n_trials - done))]
+            trials = [
+                self._ask(study, space) for _ in range(min(self.n_jobs, self.n_trials - done))
+            ]
             jobs = [
                 [
                     *search.trial_overrides(t.params),
@@ -111,6 +114,7 @@ class OptunaSweeper(Sweeper):
                 ]
                 for t in trials
             ]
+            assert self.launcher is not None
             try:
                 returns = self.launcher.launch(jobs, initial_job_idx=trials[0].number)
             except BaseException:  # Ctrl-C, SIGTERM, exit 2: these trials run again on resume
