@@ -92,6 +92,7 @@ class OptunaSweeper(Sweeper):
             space.update(more)
             fixed += kept if not more else []
         url = search.storage_url(self.storage, self.sweep_dir)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)  # storage null: the study is in it
         study = self._study(url)
         console = screen()
         done = search.trials_done(study)
@@ -100,7 +101,6 @@ class OptunaSweeper(Sweeper):
             + (" (resuming)" if done else ""),
             highlight=False,
         )
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)
         while (done := search.trials_done(study)) < self.n_trials:
             trials = [
                 self._ask(study, space) for _ in range(min(self.n_jobs, self.n_trials - done))
