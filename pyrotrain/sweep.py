@@ -234,6 +234,13 @@ class SweepSummary(Callback):
             f"plot: {sweep_dir / 'comparison.png'}",
             highlight=False,
         )
+        study = sweep_dir / "optimization_results.yaml"
+        if study.exists():  # an Optuna search: where its study lives
+            found = OmegaConf.load(study)
+            console.print(
+                f"optuna study: {found.get('study_name')} in {found.get('storage')}",
+                highlight=False,
+            )
         # A pruned trial is the search working: only a sweep of jobs that all diverged or failed
         # is a failure.
         if not any(r["status"] in (FINISHED, "pruned") for r in rows):

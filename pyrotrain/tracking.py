@@ -295,6 +295,7 @@ class SweepRun(Callback):
                 rows = json.loads((sweep_dir / "sweep_summary.json").read_text(encoding="utf-8"))
             finished = any(r.get("status") == "finished" for r in rows)
             self.client.set_terminated(self.run_id, "FINISHED" if finished else "FAILED")
+            print(f"mlflow: sweep run {self.run_id} in {self.client.tracking_uri}", flush=True)
         except Exception as exc:
             warnings.warn(
                 f"MLflow: ending the sweep's run failed ({type(exc).__name__}: {_first_line(exc)})",

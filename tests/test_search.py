@@ -78,6 +78,7 @@ def test_a_study_resumes_prunes_and_goes_on_past_a_diverging_trial(cli, tmp_path
     assert best["trials"] == {"complete": 2, "pruned": 1, "fail": 2}
     assert best["best_value"] == pytest.approx(min(float(rows[n]["smoothed_loss"]) for n in "01"))
     assert best["storage"] == f"sqlite:///{db}" and best["study_name"] == "s1"
+    assert f"optuna study: s1 in sqlite:///{db}" in r.stdout  # the summary's last line
     # A search space the stored study cannot take is refused in one paragraph.
     r = cli(*search(db, sweep, 6, "choice(0.1, 0.2)"), cwd=tmp_path)
     assert r.returncode == 2, r.stderr

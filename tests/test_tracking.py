@@ -87,6 +87,7 @@ def test_mlflow_records_runs_and_a_sweep_as_parent_and_children(cli, tmp_path):
     children = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
     assert sorted(x.data.params["optim.lr"] for x in children) == ["0.01", "0.02"]
     assert {a.path for a in client.list_artifacts(parent[0].info.run_id)} == {"sweep_summary.csv"}
+    assert f"mlflow: sweep run {parent[0].info.run_id} in {uri}" in r.stdout
 
 
 @pytest.mark.slow
