@@ -18,7 +18,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH)"
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[dev,mlflow]"
 	@touch $(STAMP)
 
 run: install
@@ -28,8 +28,8 @@ test: install lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: install  ## ruff (lint and format check), then mypy (its settings: [tool.mypy] in pyproject.toml)
-	$(VENV)/bin/ruff check pyrotrain models tests scripts
-	$(VENV)/bin/ruff format --check pyrotrain models tests scripts
+	$(VENV)/bin/ruff check pyrotrain models tests scripts hydra_plugins
+	$(VENV)/bin/ruff format --check pyrotrain models tests scripts hydra_plugins
 	$(VENV)/bin/mypy
 
 bench: install  ## every benchmark, then bench/results.json and bench/results.md (BENCH_ARGS=--quick: < 5 min)

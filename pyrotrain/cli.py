@@ -38,7 +38,9 @@ from .loop import objective_value, train
 from .metrics import screen
 from .outputs import undo as undo_outputs
 from .registry import describe_exception
+from .search import PRUNED, TrialPruned, trial_reporter
 from .sweep import record_failure
+from .tracking import log_plots
 
 EXIT_USAGE = 2
 _show_traceback = False  # HYDRA_FULL_ERROR=1 as the user set it
@@ -57,7 +59,12 @@ def _job(cfg: DictConfig) -> float:
     label = f"[job {hydra_cfg.job.num}]" if in_sweep else ""
     objective = OmegaConf.select(cfg, "trainer.objective", default="smoothed_loss")
     try:
-        summary = train(cfg, run_dir, label=label)
+        reporter = None
+        if survives:  # a trial of an Optuna search reports to its study as it trains
+            reporter = trial_reporter(hydra_cfg.sweeper, hydra_cfg.sweep.dir, objective)
+        summary = train(cfg, run_dir, label=label, on_log=reporter)
+    except TrialPruned as exc:
+        return _job_failed(run_dir, label, PRUNED, str(exc))
     except PyrotrainError as exc:
         if exc.exit_code == EXIT_USAGE and is_main_process():
             undo_outputs(run_dir)  # bad input writes nothing
@@ -96,13 +103,14 @@ def _job(cfg: DictConfig) -> float:
     if summary.get("stopped_early_at") is not None:
         best = summary["best"]
         console.print(
-            f"stopped early at step {summary['stopped_early_at']}: {best['monitor']} last "
+            f"{tag}stopped early at step {summary['stopped_early_at']}: {best['monitor']} last "
             f"improved at step {best['step']} ({best['value']:.6g}); its parameters are in "
             "checkpoints/best.pt"
         )
     from .plots import plot_run
 
     plot_run(run_dir)
+    log_plots(run_dir)  # with logger=mlflow, the plots join the run's artifacts
     console.print(f"{tag}run dir: {escape(str(run_dir))}")
     return value
 
@@ -110,15 +118,16 @@ def _job(cfg: DictConfig) -> float:
 def _job_failed(
     run_dir: Path, label: str, status: str, reason: str, exc: BaseException | None = None
 ) -> float:
-    """Record a sweep job that diverged or failed (its summary.json says so, with the reason;
-    error.txt holds the traceback of a failure) and return NaN to the sweeper."""
+    """Record a sweep job that diverged, failed or was pruned (its summary.json says so, with
+    the reason; error.txt holds the traceback of a failure) and return NaN to the sweeper."""
     detail = None
     if exc is not None:
         detail = "".join(traceback.format_exception(exc))
     path = record_failure(run_dir, status, _one_paragraph(reason), detail)
     where = f" (traceback: {run_dir / 'error.txt'})" if detail else ""
+    style = "yellow" if status == PRUNED else "bold red"
     screen(stderr=True).print(
-        f"[bold red]{escape(label)} {status}:[/] {escape(_one_paragraph(reason))}{escape(where)} "
+        f"[{style}]{escape(label)} {status}:[/] {escape(_one_paragraph(reason))}{escape(where)} "
         f"The sweep goes on; this job is marked {status} in {escape(str(path))}.",
         highlight=False,
     )
@@ -203,6 +212,16 @@ def user_error_message(exc: BaseException) -> str | None:
     return None
 
 
+def _register_sweeper() -> None:
+    """Hydra finds plugins by scanning the ``hydra_plugins`` namespace, which setuptools' editable
+    installs (``pip install -e .``) hide from it: register pyrotrain's sweeper by name instead."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.pyrotrain_optuna.sweeper import OptunaSweeper
+
+    Plugins.instance().register(OptunaSweeper)
+
+
 def main() -> None:
     # Users' own models and data (model.target=mymodule:Model) import from the working directory.
     if os.getcwd() not in sys.path:
@@ -215,6 +234,7 @@ def main() -> None:
     launch = launch_env()
     try:
         start_process(sys.argv)
+        _register_sweeper()
         _job()
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once, without a checkpoint
         if user_wants_trace:

@@ -21,7 +21,7 @@ from .optim.spec import DCTMark, GroupSpec, OptimConfig, SchedulerSpec, group_sp
 from .registry import DATASETS, ELBOS, GUIDES, MODELS, check_kwargs, import_object
 from .schema import Named, coerce, parse, parse_named, setting, to_plain
 
-LOGGERS = ("jsonl", "csv", "tensorboard")
+LOGGERS = ("jsonl", "csv", "tensorboard", "mlflow")
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 SEED_HELP = "a non-negative integer; seeds torch, numpy, random and the minibatch order"
 
@@ -192,6 +192,56 @@ class TrainerConfig:
 
 
 @dataclass(frozen=True)
+class MlflowConfig:
+    """``logger.mlflow`` (conf/logger/mlflow.yaml)."""
+
+    SECTION = "logger.mlflow"
+
+    tracking_uri: str = setting(
+        "where runs are recorded: a SQLite file, a directory, or an MLflow server's URL",
+        default="sqlite:///mlflow.db",
+    )
+    experiment_name: str = setting("the MLflow experiment runs go to", default="pyrotrain")
+    run_name: str | None = setting("the run's name; null: its run directory", default=None)
+
+
+@dataclass(frozen=True)
+class LoggerConfig:
+    """The ``logger`` section: which metrics sinks a run writes to besides metrics.jsonl."""
+
+    names: tuple[str, ...] = ("jsonl",)
+    mlflow: MlflowConfig | None = None
+
+
+def parse_loggers(node: Any, key: str = "logger") -> LoggerConfig:
+    """``logger``: a name (``csv``), a list of names, ``{name: csv}`` (older configs), or the
+    mapping that ``logger=[csv,mlflow]`` composes (``{csv: {}, mlflow: {...}}``)."""
+    if node is None:
+        node = {}
+    if isinstance(node, str):
+        node = {node: {}}
+    elif isinstance(node, list):
+        node = {n: {} for n in node}
+    elif isinstance(node, dict) and isinstance(node.get("name"), str):
+        node = {node["name"]: {k: v for k, v in node.items() if k != "name"}}
+    if not isinstance(node, dict):
+        raise PyrotrainError(
+            "must name one metrics logger or a list of them", key=key, value=node, choices=LOGGERS
+        )
+    for name, settings in node.items():
+        if name not in LOGGERS:
+            raise PyrotrainError("unknown metrics logger", key=key, value=name, choices=LOGGERS)
+        if name != "mlflow" and settings not in (None, {}):
+            raise PyrotrainError(
+                f"the {name} logger has no settings", key=f"{key}.{name}", value=settings
+            )
+    mlflow = None
+    if "mlflow" in node:
+        mlflow = parse(MlflowConfig, node["mlflow"], f"{key}.mlflow")
+    return LoggerConfig(names=tuple(node), mlflow=mlflow)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything a run is built from, checked. ``plain`` is the resolved config as plain
     Python (saved in checkpoints, compared on resume)."""
@@ -205,7 +255,7 @@ class RunConfig:
     distributed: DistributedConfig
     trainer: TrainerConfig
     seed: int
-    logger: str
+    logger: LoggerConfig
     plain: dict[str, Any]
 
 
@@ -249,11 +299,7 @@ def parse_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:
     optim = parse(OptimConfig, plain.get("optim"), "optim")
     groups, marks = group_specs(optim, SchedulerSpec.parse(plain.get("scheduler"), "scheduler"))
     distributed = parse_distributed(plain.get("distributed", "auto"))
-    logger = parse_named(plain.get("logger", "jsonl"), "logger")
-    if logger.name not in LOGGERS:
-        raise PyrotrainError(
-            "unknown metrics logger", key="logger", value=logger.name, choices=LOGGERS
-        )
+    logger = parse_loggers(plain.get("logger", "jsonl"))
     model = _required(plain, "model")
     if model.name == "custom":
         target = model.kwargs.get("target")
@@ -298,7 +344,7 @@ def parse_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:
         distributed=distributed,
         trainer=trainer,
         seed=seed,
-        logger=logger.name,
+        logger=logger,
         plain=plain,
     )
 

@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,8 +194,17 @@ def load_param_values(saved: dict[str, Any], key: str, source: str | None) -> No
 class Trainer:
     """Runs the SVI loop of a built :class:`Run` and writes its outputs to ``run_dir``."""
 
-    def __init__(self, run: Run, run_dir: Path | None = None, console: Any = None, label: str = ""):
+    def __init__(
+        self,
+        run: Run,
+        run_dir: Path | None = None,
+        console: Any = None,
+        label: str = "",
+        on_log: Callable[[dict[str, Any]], None] | None = None,
+    ):
         self.run = run
+        # Called with every metrics row (a sweeper's reporter; whatever it raises ends the run).
+        self.on_log = on_log
         self.writes = run_dir is not None and run.backend.is_main
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.console = console if console is not None else screen()
@@ -220,7 +229,9 @@ class Trainer:
         pyro.set_rng_seed(run.config.seed)
         batches = self._start()
         total, first = run.total_steps, self.state.step + 1
-        metrics = MetricsSinks(self.run_dir if self.writes else None, (run.config.logger,))
+        metrics = MetricsSinks(
+            self.run_dir if self.writes else None, run.config.logger.names, run.config
+        )
         display = ProgressDisplay(
             total, t.progress if run.backend.is_main else "none", self.console, self.label
         )
@@ -254,6 +265,8 @@ class Trainer:
                         step, self.smoothed.value, lrs, row["steps_per_s"], self._shown(row)
                     )
                     window = _Window(time.perf_counter())
+                    if self.on_log is not None:
+                        self.on_log(row)
                     early = self._monitor(step, row)
                 if stop and step < total:  # at the last step, finishing is quicker
                     self._stop(stop, signals.signum, metrics)
@@ -267,15 +280,19 @@ class Trainer:
                     self._checkpoint(metrics)
                 if early:
                     break
-        finally:
+        except BaseException as exc:
             display.close()
-            metrics.close()
+            metrics.close(failed=exc)
+            raise
+        display.close()
+        metrics.close()
         end = time.perf_counter()
         summary = self._summary(loss, first, start, after_first, end)
         if self.writes:
             assert self.run_dir is not None
             save_params(self.run_dir / "params.pt")
             write_json(self.run_dir / "summary.json", summary)
+        metrics.finish(summary)
         return summary
 
     # -- the parts of a run -----------------------------------------------------------------------
@@ -729,13 +746,19 @@ def objective_value(summary: dict[str, Any], path: str) -> float:
     return float(value)
 
 
-def train(cfg: Any, run_dir: str | Path | None = None, label: str = "") -> dict[str, Any]:
+def train(
+    cfg: Any,
+    run_dir: str | Path | None = None,
+    label: str = "",
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Run one training job from a composed config; return its summary.
 
     The Pyro param store is cleared first and holds the trained parameters afterwards. Outputs
     (metrics.jsonl, params.pt, summary.json) are written to ``run_dir`` when it is given.
-    ``label`` prefixes the progress lines (``[job 3]`` in a sweep).
+    ``label`` prefixes the progress lines (``[job 3]`` in a sweep); ``on_log`` is called with
+    every metrics row.
     """
     pyro.clear_param_store()
     out = Path(run_dir) if run_dir is not None else None
-    return Trainer(build(cfg, out), out, label=label).fit()
+    return Trainer(build(cfg, out), out, label=label, on_log=on_log).fit()

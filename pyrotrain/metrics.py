@@ -16,6 +16,9 @@ from rich.markup import escape
 if TYPE_CHECKING:
     from rich.progress import Progress
 
+    from .config import RunConfig
+    from .tracking import MlflowRun
+
 
 def screen(stderr: bool = False) -> Console:
     """The console pyrotrain prints through: lines are never hard-wrapped (piped output keeps
@@ -51,17 +54,28 @@ class SmoothedLoss:
 
 
 class MetricsSinks:
-    """Where logged rows go: metrics.jsonl always, plus metrics.csv and/or TensorBoard event
-    files (``tensorboard/``) when asked. Without a run directory (other ranks, or the Python
-    API without ``run_dir``) nothing is written."""
+    """Where logged rows go: metrics.jsonl always, plus metrics.csv, TensorBoard event files
+    (``tensorboard/``) and an MLflow run (:mod:`pyrotrain.tracking`) when asked. Without a run
+    directory (other ranks, or the Python API without ``run_dir``) nothing is written."""
 
-    def __init__(self, run_dir: Path | None, loggers: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        run_dir: Path | None,
+        loggers: tuple[str, ...] = (),
+        config: RunConfig | None = None,
+    ):
         self._jsonl: IO[str] | None = None
         self._csv: IO[str] | None = None
         self._csv_writer: csv.DictWriter | None = None
         self._tb = None
+        self._mlflow: MlflowRun | None = None
         if run_dir is None:
             return
+        if config is not None and config.logger.mlflow is not None:
+            from .tracking import MlflowRun
+
+            # First: a store that cannot be used stops the run before anything is written.
+            self._mlflow = MlflowRun(config.logger.mlflow, config, run_dir)
         self._jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
         if "csv" in loggers:
             self._csv = open(run_dir / "metrics.csv", "a", newline="", encoding="utf-8")  # noqa: SIM115
@@ -87,17 +101,29 @@ class MetricsSinks:
             for key, value in row.items():
                 if key not in ("step", "epoch") and isinstance(value, (int, float)):
                     self._tb.add_scalar(key, value, step)
+        if self._mlflow is not None:
+            self._mlflow.write(row)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """The run ended well: trackers record its summary."""
+        if self._mlflow is not None:
+            self._mlflow.finish(summary)
+            self._mlflow = None
 
     def flush(self) -> None:
         for f in (self._jsonl, self._csv, self._tb):
             if f is not None:
                 f.flush()
 
-    def close(self) -> None:
+    def close(self, failed: BaseException | None = None) -> None:
+        """Close the files; ``failed``: the run stopped early with it (trackers record that)."""
         for f in (self._jsonl, self._csv, self._tb):
             if f is not None:
                 f.close()
         self._jsonl = self._csv = self._tb = None
+        if failed is not None and self._mlflow is not None:
+            self._mlflow.fail(failed)
+            self._mlflow = None
 
 
 WIDE_TERMINAL = 110  # columns from which the progress bar also shows lrs, speed and elapsed time

@@ -4,7 +4,7 @@ JSON and on screen.
 
 :class:`SweepSummary` is a Hydra callback (registered in conf/config.yaml under
 ``hydra.callbacks``). It reads each job's summary.json, so it works the same for the basic
-launcher, joblib and Optuna. A sweep exits 0 when at least one job finished and 1 when none did.
+launcher, joblib and Optuna. A sweep exits 1 when every job diverged or failed, else 0.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
@@ -211,8 +212,8 @@ def _by_best(config: DictConfig) -> str | None:
 
 class SweepSummary(Callback):
     """Hydra callback: check the jobs first; after each job and at the end, rank the jobs and
-    write sweep_summary.csv/.json; at the end also comparison.png, and exit 1 when no job
-    finished."""
+    write sweep_summary.csv/.json; at the end also comparison.png, and exit 1 when every job
+    diverged or failed."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if is_main_process():
@@ -220,7 +221,8 @@ class SweepSummary(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         # A sweep stopped half-way (Ctrl-C, a killed process) still has a summary of its jobs.
-        if OmegaConf.select(config, "hydra.mode") != "MULTIRUN" or not is_main_process():
+        # hydra.mode is an enum here: compared with the string, it never matched.
+        if OmegaConf.select(config, "hydra.mode") != RunMode.MULTIRUN or not is_main_process():
             return
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
@@ -245,7 +247,16 @@ class SweepSummary(Callback):
             f"plot: {sweep_dir / 'comparison.png'}",
             highlight=False,
         )
-        if not any(r["status"] == FINISHED for r in rows):
+        study = sweep_dir / "optimization_results.yaml"
+        if study.exists():  # an Optuna search: where its study lives
+            found = OmegaConf.load(study)
+            console.print(
+                f"optuna study: {found.get('study_name')} in {found.get('storage')}",
+                highlight=False,
+            )
+        # A pruned trial is the search working: only a sweep of jobs that all diverged or failed
+        # is a failure.
+        if not any(r["status"] in (FINISHED, "pruned") for r in rows):
             screen(stderr=True).print(
                 f"[bold red]stopped:[/] no job of the sweep finished ({len(rows)} diverged or "
                 "failed; the reasons are above and in sweep_summary.csv)",

@@ -201,6 +201,20 @@ def test_only_the_torch_backend_imports_torch_distributed():
         assert not any(n.startswith("torch.distributed") for n in _imports(path)), path
 
 
+def test_only_search_and_tracking_import_optuna_and_mlflow():
+    """The loop reports to a sweeper and a tracker without knowing either: Optuna lives in
+    search.py (and the Hydra plugin), MLflow in tracking.py."""
+    allowed = {"optuna": {"search.py", "sweeper.py"}, "mlflow": {"tracking.py"}}
+    for path in [*(ROOT / "pyrotrain").rglob("*.py"), *(ROOT / "hydra_plugins").rglob("*.py")]:
+        imported = {n.split(".")[0] for n in _imports(path)}
+        for package, files in allowed.items():
+            if package in imported:
+                assert path.name in files, (path, package)
+    assert (ROOT / "hydra_plugins").is_dir() and not (
+        ROOT / "hydra_plugins" / "__init__.py"
+    ).exists()
+
+
 def test_a_backend_module_is_all_an_engine_needs():
     from pyrotrain.distributed import Backend, base
 

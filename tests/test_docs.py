@@ -65,6 +65,8 @@ NOT_RUN = {
     "pytest": "runs the test suite",
     "python": "runs a repository script (the benchmarks)",
     "source": "changes the user's shell",
+    "mlflow": "starts the MLflow UI, a server (the full mlflow package, a separate install)",
+    "optuna-dashboard": "starts a server (a separate install)",
 }
 LANGUAGES = {"python", "bash", "sh", "console", "yaml", "text"}
 FENCE = re.compile(r"^(```+)\s*(\S*)\s*$")

@@ -118,6 +118,7 @@ def test_optuna_search_reports_best_trial(cli, tmp_path):
         "hydra.sweeper.n_trials=4",
         "trainer.steps=50",
         f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,  # the study's optuna.db
     )
     assert r.returncode == 0, r.stderr
     assert "Best parameters" in r.stdout + r.stderr
@@ -137,6 +138,7 @@ def test_optuna_objective_can_be_an_eval_metric(cli, tmp_path):
         "trainer.steps=20",
         "trainer.objective=eval.rmse",
         f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,  # the study's optuna.db
     )
     assert r.returncode == 0, r.stderr
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
