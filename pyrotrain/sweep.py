@@ -249,7 +249,9 @@ class SweepSummary(Callback):
         )
         study = sweep_dir / "optimization_results.yaml"
         if study.exists():  # an Optuna search: where its study lives
-            found = OmegaConf.load(study)
+            import yaml
+
+            found = yaml.safe_load(study.read_text(encoding="utf-8")) or {}
             console.print(
                 f"optuna study: {found.get('study_name')} in {found.get('storage')}",
                 highlight=False,
