@@ -51,7 +51,8 @@ def cli_env(
     """The environment to run ``pyrotrain`` in: toy_models importable, and HYDRA_FULL_ERROR only
     where ``env`` sets it, so that a developer's shell cannot turn errors into tracebacks."""
     full = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    full["PYTHONPATH"] = os.pathsep.join(str(p) for p in pythonpath)
+    # this checkout first: a subprocess tests the tree the tests come from, not the installed one
+    full["PYTHONPATH"] = os.pathsep.join(str(p) for p in (TESTS.parent, *pythonpath))
     full.update(env or {})
     return full
 
