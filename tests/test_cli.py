@@ -56,7 +56,7 @@ def test_help_lists_groups_and_cfg_prints_config(cli):
     r = cli("--help")
     assert r.returncode == 0
     for line in (
-        "optim: adagrad_rmsprop, adam, clipped_adam, dct_adam, multi, sgd",
+        "optim: adagrad_rmsprop, adagrad_rmsprop_sparse, adam, clipped_adam, dct_adam, multi, sgd",
         "scheduler: cosine, exponential, none, plateau, step, warmup_cosine",
         "guide: auto_delta",
     ):
