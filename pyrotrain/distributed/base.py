@@ -40,7 +40,39 @@ import torch
 from omegaconf import OmegaConf
 
 from ..errors import PyrotrainError
-from ..schema import parse, parse_named
+from ..schema import parse, parse_named, setting
+
+# -- settings every engine has (each engine's Settings dataclass declares them with these) ------
+
+
+def predivide_setting() -> Any:
+    return setting(
+        "op=average only: divide by this before the sum and by (ranks / this) after it, "
+        "against fp16 overflow",
+        default=1.0,
+        minimum=0,
+        exclusive=True,
+    )
+
+
+def lr_scaling_setting() -> Any:
+    return setting(
+        "multiply every group's step size (lr; eta for adagrad_rmsprop; the optimizer's "
+        "default when unset) by the number of ranks N (linear) or sqrt(N) when the run is built",
+        default="none",
+    )
+
+
+def check_predivide(settings: Any, key: str) -> None:
+    """``gradient_predivide_factor`` splits an average: any other ``op`` must leave it at 1."""
+    if settings.gradient_predivide_factor != 1 and settings.op != "average":
+        raise PyrotrainError(
+            "gradient_predivide_factor splits an average, so it needs op=average",
+            key=f"{key}.gradient_predivide_factor",
+            value=settings.gradient_predivide_factor,
+            hint=f"Set distributed.op=average or leave the factor at 1 (op is '{settings.op}')",
+        )
+
 
 #: The engine whose settings ``distributed=auto`` checks when no launcher started the process.
 DEFAULT_ENGINE = "horovod"

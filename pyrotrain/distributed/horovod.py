@@ -32,7 +32,17 @@ import torch
 
 from ..errors import PyrotrainError
 from ..schema import setting
-from .base import Layout, PeerFailure, layout_of, lr_factor, param_digest, tag_rank_output
+from .base import (
+    Layout,
+    PeerFailure,
+    check_predivide,
+    layout_of,
+    lr_factor,
+    lr_scaling_setting,
+    param_digest,
+    predivide_setting,
+    tag_rank_output,
+)
 
 NAME = "horovod"
 # horovodrun with Gloo, and mpirun (Open MPI; MPICH and Intel MPI) when horovodrun uses MPI or is
@@ -61,18 +71,8 @@ class Settings:
     op: Literal["average", "sum", "adasum"] = setting(
         "how the ranks' gradients combine; adasum needs Horovod built with MPI", default="average"
     )
-    gradient_predivide_factor: float = setting(
-        "op=average only: divide by this before the sum and by (ranks / this) after it, "
-        "against fp16 overflow",
-        default=1.0,
-        minimum=0,
-        exclusive=True,
-    )
-    lr_scaling: Literal["none", "linear", "sqrt"] = setting(
-        "multiply every group's step size (lr; eta for adagrad_rmsprop; the optimizer's "
-        "default when unset) by the number of ranks N (linear) or sqrt(N) when the run is built",
-        default="none",
-    )
+    gradient_predivide_factor: float = predivide_setting()
+    lr_scaling: Literal["none", "linear", "sqrt"] = lr_scaling_setting()
     allreduce: Literal["fused", "grouped", "per_tensor"] = setting(
         "fused: one flat buffer per dtype per step, the loss and stop flag included; grouped: "
         "hvd.grouped_allreduce; per_tensor: one allreduce per parameter, as "
@@ -81,13 +81,7 @@ class Settings:
     )
 
     def check(self, key: str) -> None:
-        if self.gradient_predivide_factor != 1 and self.op != "average":
-            raise PyrotrainError(
-                "gradient_predivide_factor splits an average, so it needs op=average",
-                key=f"{key}.gradient_predivide_factor",
-                value=self.gradient_predivide_factor,
-                hint=f"Set distributed.op=average or leave the factor at 1 (op is '{self.op}')",
-            )
+        check_predivide(self, key)
 
 
 def create(settings: Settings) -> HorovodBackend:
