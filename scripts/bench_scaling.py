@@ -13,7 +13,8 @@ float32) on ``data=synthetic_regression``:
   their throughputs is what any engine could reach on this machine at np=2 (the cores, caches and
   memory bandwidth they share are the limit, not the collectives).
 - ``torch/fused``, ``torch/per_tensor``: ``torchrun --nproc-per-node 2 pyrotrain ...``, each
-  ``distributed.allreduce``.
+  ``distributed.allreduce``, over the default transport (Unix sockets between the two ranks);
+  ``torch/fused over gloo``: the same through Gloo (``distributed.transport=backend``).
 - ``horovod/fused`` (and ``grouped``, ``per_tensor`` with ``--horovod-strategies``):
   ``horovodrun -np 2 pyrotrain ...``.
 - ``pyro/HorovodOptimizer``: the loop of Pyro's Horovod example: ``SVI(model, guide,
@@ -53,7 +54,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 HOROVOD_STRATEGIES = ("fused", "grouped", "per_tensor")
-TORCH_STRATEGIES = ("fused", "per_tensor")
+# label: the distributed.* overrides it stands for
+TORCH_STRATEGIES = {
+    "fused": {"allreduce": "fused"},
+    "per_tensor": {"allreduce": "per_tensor"},
+    "fused over gloo": {"allreduce": "fused", "transport": "backend"},
+}
 SEED = 0
 WINDOW = 10  # steps per throughput sample; a run reports the median of its windows
 LR = 0.01
@@ -118,7 +124,8 @@ def run_pyrotrain(engine: str, batch: int, steps: int, warmup: int, strategy: st
     np_ = 1 if engine == "none" else NP
     extra = [f"distributed={engine}"]
     if engine != "none":
-        extra.append(f"distributed.allreduce={strategy}")
+        settings = TORCH_STRATEGIES[strategy] if engine == "torch" else {"allreduce": strategy}
+        extra += [f"distributed.{k}={v}" for k, v in settings.items()]
     with tempfile.TemporaryDirectory(prefix="bench_scaling_") as tmp:
         run_dir = Path(tmp) / "run"
         cmd = [*_launcher(engine, np_), *_pyrotrain_argv(batch, steps, warmup, run_dir, extra)]
@@ -236,7 +243,11 @@ def micro_worker(args: argparse.Namespace) -> None:
         params = {
             pyro.param(f"p{i}", torch.zeros(s)).unconstrained() for i, s in enumerate(shape_list)
         }
-        backends = {s: module.create(module.Settings(allreduce=s)) for s in strategies}
+        backends = {
+            s: module.create(module.Settings(**(TORCH_STRATEGIES[s] if args.engine == "torch"
+                                                else {"allreduce": s})))
+            for s in strategies
+        }  # fmt: skip
         # fused, but the loss and flags in a second (float64) allreduce of their own
         backends["fused+meta"] = module.create(module.Settings(allreduce="fused"))
         backends["fused+meta"]._packed = False

@@ -2,8 +2,8 @@
 launcher implies before training starts: which engine launched this process, the job's start time
 agreed by every rank, what non-main ranks must not write, and how a failed rank is reported.
 
-An engine is one module in this package (``single``, ``horovod``) plus one YAML file in
-``conf/distributed/``. The module defines:
+An engine is one module in this package (``single``, ``horovod``, ``torch``) plus one YAML file in
+``conf/distributed/``; private modules (``_local``) are an engine's helpers. The module defines:
 
 - ``NAME``: the engine's name in ``distributed.name``;
 - ``LAUNCH_VARS``: ``(rank, size, local rank)`` environment variables its launcher sets, so that
@@ -200,10 +200,15 @@ def param_digest() -> str:
 
 
 def engine_modules() -> list[str]:
-    """The engine modules: every module of this package but this one, so that a new engine is
-    one new module (and its YAML file) and nothing else."""
+    """The engine modules: every module of this package but this one and the private ones (an
+    engine's own helpers, ``_name``), so that a new engine is one new module (and its YAML file)
+    and nothing else."""
     here = Path(__file__).parent
-    return sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name != "base")
+    return sorted(
+        m.name
+        for m in pkgutil.iter_modules([str(here)])
+        if m.name != "base" and not m.name.startswith("_")
+    )
 
 
 def engine(name: str) -> ModuleType:
