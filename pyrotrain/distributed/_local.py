@@ -76,7 +76,7 @@ class LocalGroup:
 
     def all_reduce_(self, tensor: torch.Tensor) -> None:
         """Replace ``tensor`` (contiguous, on the CPU) by its sum over the ranks, in place."""
-        raw = memoryview(tensor.view(torch.uint8).numpy())
+        raw = tensor.view(torch.uint8).numpy().data
         try:
             if self._root is not None:
                 self._root.sendall(raw)
@@ -85,7 +85,7 @@ class LocalGroup:
             if not self._peers:
                 return
             other = self._scratch_like(tensor)
-            other_raw = memoryview(other.view(torch.uint8).numpy())
+            other_raw = other.view(torch.uint8).numpy().data
             for peer in self._peers:
                 _recv_into(peer, other_raw)
                 tensor.add_(other)
