@@ -37,7 +37,8 @@ def _free_port() -> int:
 
 def _tensor(rank: int, dtype: torch.dtype, n: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(100 + rank)
-    return (torch.randn(n, generator=g, dtype=torch.float64) * 10 ** (rank - 1)).to(dtype)
+    t = torch.randn(max(n, 1), generator=g, dtype=torch.float64) * 10 ** (rank - 1)
+    return (t if n else t[0]).to(dtype)
 
 
 def _worker(rank: int, size: int, port: int, mode: str, out: mp.Queue) -> None:
@@ -58,8 +59,8 @@ def _worker(rank: int, size: int, port: int, mode: str, out: mp.Queue) -> None:
                             world_size=size)  # fmt: skip
     results = {}
     for dtype in DTYPES:
-        for n in (1, 1000, 300_000):  # 300k floats: more than a socket buffer holds
-            t = _tensor(rank, dtype, n)
+        for n in (0, 1, 1000, 300_000):  # 300k floats: more than a socket buffer holds
+            t = _tensor(rank, dtype, n)  # n=0: a 0-dim tensor
             gloo = t.clone()
             group.all_reduce_(t)
             dist.all_reduce(gloo)

@@ -246,9 +246,10 @@ def _stack_optimizers(factor: float) -> list[str]:
 def test_multi_group_stack_with_dct_adam_matches_one_process(tmp_path):
     """Three groups (DCTAdam on a DCT-marked weight, AdagradRMSProp with clipping, Adam), a
     plateau scheduler, lr_scaling=linear and accumulate_grad_batches=2 (explicit
-    distributed=torch), against one process with the doubled rates and all 100 rows of each
-    step: equal to rounding only if clipping follows averaging, the scheduler sees the same
-    loss, and the lrs are scaled."""
+    distributed=torch, allreduce=per_tensor over the default socket transport: one allreduce per
+    parameter, 0-dim ones included), against one process with the doubled rates and all 100 rows
+    of each step: equal to rounding only if clipping follows averaging, the scheduler sees the
+    same loss, and the lrs are scaled."""
     cwd = tmp_path / "job"
     cwd.mkdir()
     r = torchrun(
@@ -256,6 +257,7 @@ def test_multi_group_stack_with_dct_adam_matches_one_process(tmp_path):
         *STACK,
         *_stack_optimizers(1),
         "distributed=torch",
+        "distributed.allreduce=per_tensor",
         "distributed.lr_scaling=linear",
         "trainer.accumulate_grad_batches=2",
         "trainer.batch_size=25",

@@ -76,6 +76,7 @@ class LocalGroup:
 
     def all_reduce_(self, tensor: torch.Tensor) -> None:
         """Replace ``tensor`` (contiguous, on the CPU) by its sum over the ranks, in place."""
+        tensor = tensor.view(-1)  # the same memory; a 0-dim tensor has no bytes view
         raw = tensor.view(torch.uint8).numpy().data
         try:
             if self._root is not None:
