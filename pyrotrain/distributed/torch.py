@@ -22,6 +22,7 @@ through that store before Hydra runs and before the settings (backend, timeout) 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import sys
@@ -160,14 +161,13 @@ def _backend_name(requested: str) -> str:
 def process_group(backend: str, timeout: float) -> None:
     """Make the default process group (or keep the one this process already has, when a sweep's
     next job asks for the same backend and timeout)."""
-    global _group_settings, _group_store, _groups_made, _local_group
+    global _group_settings, _group_store, _groups_made
     if dist.is_initialized():
         if _group_settings == (backend, timeout):
             return
-        dist.destroy_process_group()
-        if _local_group is not None:
-            _local_group[1].close()
-            _local_group = None
+        close_group()
+    if _groups_made == 0:
+        atexit.register(close_group)
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     _groups_made += 1
     # torchrun's store outlives a restart: a fresh prefix per attempt keeps the dead ranks'
@@ -180,6 +180,19 @@ def process_group(backend: str, timeout: float) -> None:
         backend, store=store, rank=rank, world_size=size, timeout=timedelta(seconds=timeout)
     )
     _group_settings = (backend, timeout)
+
+
+def close_group() -> None:
+    """Close the socket group and destroy the process group (before a new one, and at exit: left
+    to the interpreter's teardown, Gloo's threads once aborted a rank that had finished, with
+    "terminate called without an active exception")."""
+    global _local_group, _group_settings
+    if _local_group is not None:
+        _local_group[1].close()
+        _local_group = None
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    _group_settings = None
 
 
 def local_group(rank: int, size: int, timeout: float) -> _local.LocalGroup:
