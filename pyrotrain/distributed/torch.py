@@ -262,6 +262,7 @@ class TorchBackend:
         self._packed = s.allreduce == "fused" and s.compression == "none"
         self._layout_key: frozenset | None = None
         self._layout: Layout | None = None
+        self._plan: list[list[int]] = []  # the layout's buckets: positions, by dtype and device
         if torch.cuda.is_available():
             torch.cuda.set_device(self.local_rank % torch.cuda.device_count())
         if "OMP_NUM_THREADS" not in os.environ:
@@ -330,14 +331,13 @@ class TorchBackend:
             return float(loss), stop
         key = frozenset(params)
         if key != self._layout_key:
-            self._layout_key, self._layout = key, layout_of(params)
+            found = layout_of(params)
+            self._layout_key, self._layout = key, found
+            self._plan = _buckets(found.params, range(len(found.params)))
         layout = self._layout
         assert layout is not None  # set with _layout_key
         raw = [p.grad for p in layout.params]
-        meta = torch.tensor(
-            [float(loss), layout.fingerprint, float(stop), *(g is not None for g in raw)],
-            dtype=torch.float64,
-        )
+        meta = [float(loss), layout.fingerprint, float(stop), *(float(g is not None) for g in raw)]
         grads = [
             g if g is not None else torch.zeros_like(p)
             for g, p in zip(raw, layout.params, strict=True)
@@ -346,24 +346,24 @@ class TorchBackend:
             if self._packed:
                 reduced, total = self._fused_packed(grads, meta)
             else:
-                meta_work = self._all_reduce(meta)
+                meta_wire = torch.tensor(meta, dtype=torch.float64)
+                meta_work = self._all_reduce(meta_wire)
                 if self.settings.allreduce == "fused":
                     reduced = self._fused(grads)
                 else:
                     reduced = self._per_tensor(grads)
                 meta_work.wait()
-                total = meta
-        mean = total / self.size
-        if abs(mean[1].item() - layout.fingerprint) > 0.01:
+                total = meta_wire.tolist()
+        n = self.size
+        if abs(total[1] / n - layout.fingerprint) > 0.01:
             raise RuntimeError(
                 f"rank {self.rank}: the ranks' traces hold different parameters this step "
                 f"(this rank: {', '.join(layout.names)}); every rank must create and use the "
                 "same Pyro parameters"
             )
-        has_grad = (mean[3:] > 0).tolist()
-        for p, g, keep in zip(layout.params, reduced, has_grad, strict=True):
-            p.grad = g.view_as(p) if keep else None
-        return mean[0].item(), round(total[2].item())
+        for p, g, ranks_with_grad in zip(layout.params, reduced, total[3:], strict=True):
+            p.grad = g.view_as(p) if ranks_with_grad > 0 else None
+        return total[0] / n, round(total[2])
 
     def gather_object(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order, on every rank."""
@@ -395,16 +395,18 @@ class TorchBackend:
     # -- the ways to hand gradients to torch.distributed -----------------------------------------
 
     def _fused_packed(
-        self, grads: list[torch.Tensor], meta: torch.Tensor
-    ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """One allreduce (sum) per dtype and device, the loss and flags riding at the end of the
-        first buffer; the division for the mean is done here, on the gradients only."""
+        self, grads: list[torch.Tensor], meta: list[float]
+    ) -> tuple[list[torch.Tensor], list[float]]:
+        """One allreduce (sum) per dtype and device (the buckets of this layout), the loss and
+        flags riding at the end of the first buffer; the division for the mean is done here, on
+        the gradients only. Returns the gradients and the summed ``meta``."""
         started = []
-        for j, idx in enumerate(_buckets(grads, range(len(grads)))):
+        for j, idx in enumerate(self._plan):
             parts = [grads[i].reshape(-1) for i in idx]
             n_grad = sum(t.numel() for t in parts)
-            extra = [meta.to(parts[0].dtype).to(parts[0].device)] if j == 0 else []
-            flat = torch.cat(parts + extra)
+            if j == 0:
+                parts.append(torch.tensor(meta, dtype=parts[0].dtype, device=parts[0].device))
+            flat = torch.cat(parts)
             if self._pre != 1.0:
                 flat[:n_grad].mul_(self._pre)
             started.append((idx, n_grad, flat, self._all_reduce(flat)))
@@ -418,7 +420,7 @@ class TorchBackend:
             for i, g in zip(idx, flat[:n_grad].split(sizes), strict=True):
                 out[i] = g
             if j == 0:
-                total = flat[n_grad:].to(device="cpu", dtype=torch.float64)
+                total = flat[n_grad:].tolist()
         return out, total
 
     def _fused(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
