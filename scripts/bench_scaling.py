@@ -394,6 +394,13 @@ def main() -> None:
             shares = [v / c for v, c in zip(vals, ceiling, strict=True)]
             row["share_of_ceiling"] = statistics.median(shares)
             row["share_of_ceiling_spread"] = _spread(shares)
+            if engine_name == "ceiling":
+                # ranks in lockstep go at the slower process's pace: with communication free, a
+                # synchronous job could reach at most this share of the ceiling
+                bounds = [NP * min(r["each"]) / sum(r["each"]) for r in results
+                          if r["engine"] == "ceiling" and r["batch"] == batch]  # fmt: skip
+                row["lockstep_bound"] = statistics.median(bounds)
+                row["lockstep_bound_spread"] = _spread(bounds)
             if pyro_np2:
                 vs = [v / p for v, p in zip(vals, pyro_np2, strict=True)]
                 row["vs_horovod_optimizer"] = statistics.median(vs)
@@ -430,6 +437,12 @@ def main() -> None:
         print(f"{row['batch_per_rank']:>10}  {label:<28}{row['np1_samples_per_s']:>16,.0f}"
               f"{row['np2_samples_per_s']:>16,.0f}{fmt(row, 'np2_efficiency')}"
               f"{fmt(row, 'share_of_ceiling')}{fmt(row, 'vs_horovod_optimizer')}")  # fmt: skip
+    for row in table:
+        if "lockstep_bound" in row:
+            lo, hi = row["lockstep_bound_spread"]
+            print(f"{row['batch_per_rank']:>10}  the ceiling's two processes ran at different "
+                  f"speeds: ranks in lockstep, at the slower one's pace, could reach at most "
+                  f"{row['lockstep_bound']:.2f} [{lo:.2f}-{hi:.2f}] of it")  # fmt: skip
     for e, m in micro.items():
         print(f"\nGradient reduction alone, {e}, np=2 (µs per step, loss included, median)")
         for label, vals in m.items():
