@@ -29,7 +29,13 @@ from helpers import (
     run_summary,
     same,
     saved_params,
-    unconstrained_params,
+)
+from launched import (
+    COMMON,
+    install_write_recorder,
+    max_diff,
+    recorded_writes,
+    train_one_process,
 )
 
 HOROVODRUN = BIN / "horovodrun"
@@ -42,46 +48,9 @@ pytestmark = [
     ),
 ]
 
-# Records, per non-main rank, the files it opens for writing under PYROTRAIN_TEST_WATCH.
-SITECUSTOMIZE = """
-import os, sys
-_rank = os.environ.get("HOROVOD_RANK")
-_watch = os.environ.get("PYROTRAIN_TEST_WATCH")
-if _watch and _rank not in (None, "0"):
-    _writes = []
-    _flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND
-
-    def _hook(event, args):
-        if event != "open" or not isinstance(args[0], (str, bytes, os.PathLike)):
-            return
-        path, mode, flags = args
-        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-            isinstance(flags, int) and flags & _flags
-        )
-        if writing and os.path.abspath(os.fsdecode(path)).startswith(_watch):
-            _writes.append(os.fsdecode(path))
-
-    sys.addaudithook(_hook)
-
-    import atexit
-
-    @atexit.register
-    def _dump():
-        with open(os.environ["PYROTRAIN_TEST_WRITES"] + "." + _rank, "w") as f:
-            f.write("\\n".join(_writes))
-"""
-
-COMMON = [
-    "data=synthetic_regression",
-    "data.size=1000",  # 800 training rows: 400 per rank
-    "trainer.dtype=float64",
-    "trainer.progress=none",
-    "trainer.eval_num_samples=5",
-]
-
 
 class Result:
-    def __init__(self, rc: int, out: str, wall: float, writes: dict[int, list[str]]):
+    def __init__(self, rc: int, out: str, wall: float, writes: dict[str, list[str]]):
         self.returncode, self.output, self.wall, self.writes = rc, out, wall, writes
 
 
@@ -109,9 +78,7 @@ def launch_env(
 
 def hvdrun(tmp: Path, *args: str, cwd: Path, np: int = 2, timeout: float = 120) -> Result:
     """``horovodrun -np 2 -H localhost:2 pyrotrain ARGS`` in ``cwd``; a hang fails the test."""
-    hook = tmp / "hook"
-    hook.mkdir(exist_ok=True)
-    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    hook = install_write_recorder(tmp, "HOROVOD_RANK")
     writes = tmp / "writes"
     env = launch_env(
         {"PYROTRAIN_TEST_WATCH": str(cwd), "PYROTRAIN_TEST_WRITES": str(writes)},
@@ -131,26 +98,8 @@ def hvdrun(tmp: Path, *args: str, cwd: Path, np: int = 2, timeout: float = 120) 
             out, _ = proc.communicate()
         pytest.fail(f"horovodrun hung for {timeout} s:\n{out[-4000:]}")
     wall = time.perf_counter() - start
-    recorded = {}
-    for rank in range(1, np):
-        path = Path(f"{writes}.{rank}")
-        if path.exists():
-            recorded[rank] = [w for w in path.read_text().splitlines() if w]
-            path.unlink()
+    recorded = recorded_writes(writes)
     return Result(proc.returncode, out, wall, recorded)
-
-
-def _train_one_process(overrides: list[str]) -> dict[str, torch.Tensor]:
-    import pyrotrain
-
-    summary = pyrotrain.train(pyrotrain.compose(overrides))
-    assert summary["world_size"] == 1
-    return unconstrained_params()
-
-
-def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
 # -- horovodrun ----------------------------------------------------------------------------------
@@ -180,7 +129,7 @@ def test_two_ranks_train_like_one_process_with_twice_the_batch(tmp_path):
     run = runs[0]
     for name in ("metrics.jsonl", "params.pt", "summary.json", "pyrotrain.log", ".hydra"):
         assert (run / name).exists(), name
-    assert r.writes == {1: []}, r.writes  # rank 1 opened no file for writing
+    assert r.writes == {"1.0": []}, r.writes  # rank 1 opened no file for writing
     assert "[1]<stdout>" not in r.output  # nor printed anything
     assert "final loss" in r.output and "run dir: " in r.output
 
@@ -191,10 +140,10 @@ def test_two_ranks_train_like_one_process_with_twice_the_batch(tmp_path):
     assert [row["step"] for row in rows] == [10, 20, 30]
 
     distributed = saved_params(run)
-    big_batch = _train_one_process([*args, "trainer.batch_size=100"])
-    small_batch = _train_one_process([*args, "trainer.batch_size=50"])
-    assert _max_diff(distributed, big_batch) < 1e-9
-    assert _max_diff(distributed, small_batch) > 1e-3  # the check above can tell them apart
+    big_batch = train_one_process([*args, "trainer.batch_size=100"])
+    small_batch = train_one_process([*args, "trainer.batch_size=50"])
+    assert max_diff(distributed, big_batch) < 1e-9
+    assert max_diff(distributed, small_batch) > 1e-3  # the check above can tell them apart
 
 
 def test_a_shard_smaller_than_the_batch_is_the_ranks_batch(tmp_path):
@@ -208,8 +157,8 @@ def test_a_shard_smaller_than_the_batch_is_the_ranks_batch(tmp_path):
     assert "whole shard of 118 rows" in r.output
     summary = run_summary(tmp_path / "run")
     assert summary["world_size"] == 3 and summary["params_in_sync"] is True
-    whole_data = _train_one_process([*args, "trainer.batch_size=354"])
-    assert _max_diff(saved_params(tmp_path / "run"), whole_data) < 1e-9
+    whole_data = train_one_process([*args, "trainer.batch_size=354"])
+    assert max_diff(saved_params(tmp_path / "run"), whole_data) < 1e-9
 
 
 def test_multi_group_stack_with_dct_adam_matches_one_process(tmp_path):
@@ -259,7 +208,7 @@ def test_multi_group_stack_with_dct_adam_matches_one_process(tmp_path):
         cwd=cwd,
     )
     assert r.returncode == 0, r.output
-    assert r.writes == {1: []}, r.writes
+    assert r.writes == {"1.0": []}, r.writes
     summary = run_summary(cwd / "run")
     assert summary["world_size"] == 2 and summary["params_in_sync"] is True
     assert summary["groups"]["locs"]["optimizer"] == "dct_adam"
@@ -269,8 +218,8 @@ def test_multi_group_stack_with_dct_adam_matches_one_process(tmp_path):
     # each step: 2 ranks x 2 minibatches x 25 rows
     assert rows[-1]["samples_per_s"] == pytest.approx(100 * rows[-1]["steps_per_s"])
 
-    reference = _train_one_process([*stack, *optimizers(2), "trainer.batch_size=100"])
-    assert _max_diff(saved_params(cwd / "run"), reference) < 1e-9
+    reference = train_one_process([*stack, *optimizers(2), "trainer.batch_size=100"])
+    assert max_diff(saved_params(cwd / "run"), reference) < 1e-9
 
 
 def test_multirun_sweep_runs_every_job_on_every_rank(tmp_path):
@@ -297,7 +246,7 @@ def test_multirun_sweep_runs_every_job_on_every_rank(tmp_path):
         assert (job / ".hydra" / "config.yaml").exists()
     # multirun.yaml is rank 0's (rank 1's would carry its hydra.output_subdir=null)
     assert "output_subdir: .hydra" in (sweeps[0] / "multirun.yaml").read_text()
-    assert r.writes == {1: []}, r.writes
+    assert r.writes == {"1.0": []}, r.writes
 
 
 def test_distributed_none_refuses_two_ranks(tmp_path):
@@ -389,7 +338,7 @@ def test_two_ranks_ten_steps_then_resume_equal_twenty_straight(tmp_path):
         cwd=job,
     )
     assert r.returncode == 0, r.output
-    assert r.writes == {1: []}, r.writes
+    assert r.writes == {"1.0": []}, r.writes
     summary = run_summary(job / "resumed")
     assert summary["resumed_from_step"] == 10 and summary["params_in_sync"] is True
     _assert_same_final_state(job / "straight", job / "resumed", 20)
@@ -453,7 +402,7 @@ def test_two_ranks_stop_early_after_the_same_step(tmp_path):
         cwd=job,
     )
     assert r.returncode == 0, r.output
-    assert r.writes == {1: []}, r.writes
+    assert r.writes == {"1.0": []}, r.writes
     summary = run_summary(job / "run")
     assert summary["stopped_early_at"] == 10 and summary["best"]["step"] == 6
     assert summary["params_in_sync"] is True

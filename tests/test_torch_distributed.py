@@ -29,7 +29,13 @@ from helpers import (
     run_summary,
     same,
     saved_params,
-    unconstrained_params,
+)
+from launched import (
+    COMMON,
+    install_write_recorder,
+    max_diff,
+    recorded_writes,
+    train_one_process,
 )
 
 TORCHRUN = BIN / "torchrun"
@@ -37,44 +43,6 @@ TORCHRUN = BIN / "torchrun"
 pytestmark = [
     pytest.mark.distributed,
     pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not beside this interpreter"),
-]
-
-# Records, per non-main rank, the files it opens for writing under PYROTRAIN_TEST_WATCH.
-SITECUSTOMIZE = """
-import os, sys
-_rank = os.environ.get("RANK")
-_watch = os.environ.get("PYROTRAIN_TEST_WATCH")
-if _watch and _rank not in (None, "0"):
-    _writes = []
-    _flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND
-
-    def _hook(event, args):
-        if event != "open" or not isinstance(args[0], (str, bytes, os.PathLike)):
-            return
-        path, mode, flags = args
-        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-            isinstance(flags, int) and flags & _flags
-        )
-        if writing and os.path.abspath(os.fsdecode(path)).startswith(_watch):
-            _writes.append(os.fsdecode(path))
-
-    sys.addaudithook(_hook)
-
-    import atexit
-
-    @atexit.register
-    def _dump():
-        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        with open(f"{os.environ['PYROTRAIN_TEST_WRITES']}.{_rank}.{attempt}", "w") as f:
-            f.write("\\n".join(_writes))
-"""
-
-COMMON = [
-    "data=synthetic_regression",
-    "data.size=1000",  # 800 training rows: 400 per rank
-    "trainer.dtype=float64",
-    "trainer.progress=none",
-    "trainer.eval_num_samples=5",
 ]
 
 
@@ -85,9 +53,7 @@ class Job:
         assert cwd not in (tmp, *tmp.parents), "the write recorder's files stay outside cwd"
         self.tmp, self.cwd = tmp, cwd
         cwd.mkdir(parents=True, exist_ok=True)
-        hook = tmp / "hook"
-        hook.mkdir(exist_ok=True)
-        (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        hook = install_write_recorder(tmp, "RANK")
         self.writes_at = tmp / "writes"
         path = f"{BIN}{os.pathsep}{os.environ['PATH']}"
         self.env = cli_env(
@@ -116,11 +82,7 @@ class Job:
 
     def writes(self) -> dict[str, list[str]]:
         """Files rank 1 (any attempt) opened for writing; the records are consumed."""
-        out = {}
-        for path in self.tmp.glob(f"{self.writes_at.name}.*"):
-            out[path.name.split(".", 1)[1]] = [w for w in path.read_text().splitlines() if w]
-            path.unlink()
-        return out
+        return recorded_writes(self.writes_at)
 
 
 def finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
@@ -148,19 +110,6 @@ def torchrun(
     start = time.perf_counter()
     rc, out = finish(job.start(), timeout)
     return Result(rc, out, time.perf_counter() - start, job.writes())
-
-
-def _train_one_process(overrides: list[str]) -> dict[str, torch.Tensor]:
-    import pyrotrain
-
-    summary = pyrotrain.train(pyrotrain.compose(overrides))
-    assert summary["world_size"] == 1
-    return unconstrained_params()
-
-
-def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
 # -- equivalence with one process ------------------------------------------------------------------
@@ -207,10 +156,10 @@ def test_two_ranks_train_like_one_process_with_twice_the_batch(sgd_job):
     assert r.returncode == 0, r.output
     (run,) = list((cwd / "outputs").iterdir())
     distributed = saved_params(run)
-    big_batch = _train_one_process([*SGD, "trainer.batch_size=100"])
-    small_batch = _train_one_process([*SGD, "trainer.batch_size=50"])
-    assert _max_diff(distributed, big_batch) < 1e-9
-    assert _max_diff(distributed, small_batch) > 1e-3  # the check above can tell them apart
+    big_batch = train_one_process([*SGD, "trainer.batch_size=100"])
+    small_batch = train_one_process([*SGD, "trainer.batch_size=50"])
+    assert max_diff(distributed, big_batch) < 1e-9
+    assert max_diff(distributed, small_batch) > 1e-3  # the check above can tell them apart
 
 
 STACK = [
@@ -273,8 +222,8 @@ def test_multi_group_stack_with_dct_adam_matches_one_process(tmp_path):
     assert rows[-1]["lr/locs"] < 2 * LRS["dct"] / 3  # the plateau scheduler acted
     assert rows[-1]["samples_per_s"] == pytest.approx(100 * rows[-1]["steps_per_s"])
 
-    reference = _train_one_process([*STACK, *_stack_optimizers(2), "trainer.batch_size=100"])
-    assert _max_diff(saved_params(cwd / "run"), reference) < 1e-9
+    reference = train_one_process([*STACK, *_stack_optimizers(2), "trainer.batch_size=100"])
+    assert max_diff(saved_params(cwd / "run"), reference) < 1e-9
 
 
 # -- stopping, resuming, restarting ----------------------------------------------------------------
@@ -370,7 +319,7 @@ def test_a_two_rank_checkpoint_resumes_in_one_process_resharded(tmp_path, straig
     assert summary["steps"] == 100
     straight_params, params = saved_params(straight), saved_params(run)
     assert not same(params, straight_params)  # other shards after step 50: not bitwise
-    assert _max_diff(params, straight_params) < 0.1  # but the same fit (0.03 measured)
+    assert max_diff(params, straight_params) < 0.1  # but the same fit (0.03 measured)
 
 
 def _children(pid: int) -> list[int]:
@@ -520,8 +469,8 @@ def test_nccl_on_two_gpus_trains_like_one_process(tmp_path):
     )
     assert r.returncode == 0, r.output
     assert run_summary(tmp_path / "job" / "run")["params_in_sync"] is True
-    reference = _train_one_process([*args[:-2], "trainer.batch_size=100"])
+    reference = train_one_process([*args[:-2], "trainer.batch_size=100"])
     distributed = {
         k: v.to(reference[k].device) for k, v in saved_params(tmp_path / "job" / "run").items()
     }
-    assert _max_diff(distributed, reference) < 1e-9
+    assert max_diff(distributed, reference) < 1e-9
