@@ -284,7 +284,7 @@ class TorchBackend:
                 return None
             why = "some ranks run on other hosts" if linux else f"this is {sys.platform}"
             raise PyrotrainError(
-                f"transport=socket connects ranks on one Linux host, and {why} "
+                f"the socket transport connects ranks on one Linux host, and {why} "
                 f"(LOCAL_WORLD_SIZE={os.environ.get('LOCAL_WORLD_SIZE')}, "
                 f"WORLD_SIZE={self.size})",
                 key="distributed.transport",
