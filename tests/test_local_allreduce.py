@@ -45,6 +45,14 @@ def _worker(rank: int, size: int, port: int, mode: str, out: mp.Queue) -> None:
     torch.set_num_threads(1)
     store = dist.TCPStore("127.0.0.1", port, size, rank == 0, timeout=timedelta(seconds=60))
     group = _local.LocalGroup(dist.PrefixStore("socket", store), rank, size, timeout=60.0)
+    if mode == "mismatch":  # rank 1's model made a parameter rank 0's did not
+        try:
+            group.all_reduce_(torch.ones(10 if rank == 0 else 12))
+            out.put((rank, "no error", 0.0))
+        except (RuntimeError, ValueError) as e:
+            out.put((rank, f"{type(e).__name__}: {e}", 0.0))
+        group.close()
+        return
     if mode == "die":
         if rank == size - 1:
             os._exit(3)  # connected, then gone without a word
@@ -129,3 +137,9 @@ def test_transport_socket_is_refused_when_ranks_span_hosts(monkeypatch):
     assert "distributed.transport" in text and "other hosts" in text and "auto, backend" in text
     backend.settings = engine.Settings(transport="auto")
     assert backend._socket_group() is None  # auto: the backend
+
+
+def test_buffers_of_different_sizes_are_refused_not_summed():
+    got = _run(2, "mismatch")
+    assert got[0][0].startswith("SizeMismatch: rank 1 reduces 48 bytes and rank 0 40"), got
+    assert "another rank closed its connection" in got[1][0] or "reset" in got[1][0], got
