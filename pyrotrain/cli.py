@@ -34,7 +34,8 @@ from .distributed import (
     start_process,
 )
 from .errors import PyrotrainError, exit_with, show_warnings_plainly
-from .loop import objective_value, train
+from .evaluation import objective_value
+from .loop import train
 from .metrics import screen
 from .outputs import undo as undo_outputs
 from .registry import describe_exception

@@ -24,11 +24,11 @@ from typing import Any
 import pyro
 import torch
 from pyro.poutine.messenger import Messenger
-from pyro.util import get_rng_state, set_rng_state
 from rich.markup import escape
 
 from .build import Run, build, torch_defaults
 from .errors import PyrotrainError, TrainingStopped
+from .evaluation import Evaluation
 from .io import save_params, write_json
 from .metrics import MetricsSinks, ProgressDisplay, SmoothedLoss, screen
 from .optim.rows import TouchedRows, densify
@@ -216,7 +216,7 @@ class Trainer:
         self.smoothed = SmoothedLoss(self.settings.smoothing)
         self._last_params: set[torch.Tensor] = set()
         self._epoch_of_last_batch = 0
-        self._best_state: dict[str, Any] | None = None  # the best params, not yet in best.pt
+        self.evaluation = Evaluation(run, self.writes)
 
     def fit(self) -> dict[str, Any]:
         """Train to the run's last step; return the summary (also written as summary.json)."""
@@ -247,7 +247,7 @@ class Trainer:
                 logs = step % t.log_every == 0 or step == total or evals
                 loss, rows, norms, stop = self._step(step, first, logs, batches, signals, window)
                 if step == first:
-                    self._check_objective()
+                    self.evaluation.check_objective()
                 self.state.step, self.state.consumed = step, self.state.consumed + self.accumulate
                 window.samples += rows * run.backend.size
                 window.steps += 1
@@ -259,15 +259,14 @@ class Trainer:
                     lrs = run.stack.lrs()
                     row = self._metrics_row(step, lrs, norms, window, start)
                     if evals:
-                        row.update(self._evaluate_during_training())
+                        row.update(self.evaluation.during_training())
                     metrics.write(row)
-                    display.update(
-                        step, self.smoothed.value, lrs, row["steps_per_s"], self._shown(row)
-                    )
+                    shown = self.evaluation.shown(row)
+                    display.update(step, self.smoothed.value, lrs, row["steps_per_s"], shown)
                     window = _Window(time.perf_counter())
                     if self.on_log is not None:
                         self.on_log(row)
-                    early = self._monitor(step, row)
+                    early = self.evaluation.monitor(step, row, self.state)
                 if stop and step < total:  # at the last step, finishing is quicker
                     self._stop(stop, signals.signum, metrics)
                 if early:
@@ -478,19 +477,13 @@ class Trainer:
         run, backend = self.run, self.run.backend
         wall = end - start
         in_sync = backend.params_in_sync()
-        evaluation = self._evaluate()  # on every rank: the same numbers, for sweepers on each
+        # on every rank: the same numbers, for sweepers on each
+        evaluation = self.evaluation.final()
         done = self.state.step - first + 1
         timed_steps, timed = (done - 1, end - after_first) if done > 1 else (1, wall)
         rows_per_step = run.order.batch_size or run.order.rows_per_rank
         samples_per_rank = timed_steps * self.accumulate * rows_per_step / timed
-        monitor = self.settings.early_stopping.monitor
-        best = None
-        if monitor is not None and self.state.best_step is not None:
-            best = {
-                "monitor": monitor,
-                "value": self.state.best_value,
-                "step": self.state.best_step,
-            }
+        best = self.evaluation.best(self.state)
         finite = math.isfinite(self.smoothed.value)
         return {
             # Every step skipped as non-finite (trainer.nan_policy skip or reduce_lr) is no result.
@@ -521,80 +514,6 @@ class Trainer:
             "versions": versions(),
         }
 
-    def _check_objective(self) -> None:
-        """An ``eval.<metric>`` objective must name a metric this run's evaluation produces:
-        checked once after the first step (the parameters exist then), not after the last. The
-        evaluation draws from its own seed; the training's random state is put back."""
-        objective = self.settings.objective
-        if not objective.startswith("eval."):
-            return
-        rng = get_rng_state()
-        try:
-            evaluation = self._evaluate()
-        finally:
-            set_rng_state(rng)
-        objective_value({"eval": evaluation}, objective)
-
-    def _evaluate(self) -> dict[str, Any] | None:
-        run = self.run
-        evaluate = getattr(run.model, "evaluate", None)
-        if evaluate is None or not run.data.eval:
-            return None
-        pyro.set_rng_seed(run.config.seed)
-        with torch.no_grad():
-            return evaluate(run.guide, run.data, num_samples=self.settings.eval_num_samples)
-
-    def _evaluate_during_training(self) -> dict[str, float]:
-        """``eval/METRIC`` of the model's evaluate now, leaving the training's RNG as it was (so
-        that evaluating changes nothing a run without it would do)."""
-        from .checkpoint import get_rng_state, set_rng_state
-
-        rng = get_rng_state()
-        try:
-            result = self._evaluate() or {}
-        finally:
-            set_rng_state(rng)
-        # Floats only: counts (n, horizon) are not metrics.
-        return {f"eval/{k}": v for k, v in result.items() if isinstance(v, float)}
-
-    def _shown(self, row: dict[str, Any]) -> str:
-        """The evaluation metric the progress display shows: the monitored one, else the first."""
-        monitor = self.settings.early_stopping.monitor
-        keys = [k for k in row if k.startswith("eval/") and isinstance(row[k], float)]
-        if monitor in row and monitor != "smoothed_loss":
-            keys = [monitor]
-        return f"{keys[0]} {row[keys[0]]:.4g}" if keys else ""
-
-    def _monitor(self, step: int, row: dict[str, Any]) -> bool:
-        """Track trainer.early_stopping's monitor on a logging step; True: stop now. Rank 0
-        decides (every rank computes the same values) and the others follow."""
-        rule = self.settings.early_stopping
-        if rule.monitor is None or rule.monitor not in row and not rule.monitor.startswith("eval/"):
-            return False
-        if rule.monitor not in row:
-            if not any(k.startswith("eval/") for k in row):
-                return False  # no evaluation on this step
-            raise PyrotrainError(
-                "the model's evaluate returns no such metric",
-                key="trainer.early_stopping.monitor",
-                value=rule.monitor,
-                choices=[k for k in row if k.startswith("eval/")] + ["smoothed_loss"],
-            )
-        value = float(row[rule.monitor])
-        state = self.state
-        if math.isfinite(value) and rule.improves(value, state.best_value):
-            state.best_value, state.best_step, state.bad_checks = value, step, 0
-            if self.writes:
-                store = pyro.get_param_store().get_state()
-                self._best_state = {
-                    "params": {k: v.detach().clone() for k, v in store["params"].items()},
-                    "constraints": dict(store["constraints"]),
-                }
-        else:
-            state.bad_checks += 1
-        stop = state.bad_checks >= rule.patience
-        return bool(self.run.backend.broadcast_object(stop))
-
     # -- checkpoints, resume, stopping ----------------------------------------------------------
 
     def _checkpoint(self, metrics: MetricsSinks) -> None:
@@ -607,7 +526,7 @@ class Trainer:
             return
         assert self.run_dir is not None
         metrics.flush()
-        if self._best_state is not None:  # before the step's checkpoint, whose state names it
+        if self.evaluation.best_state is not None:  # before the step's checkpoint, naming it
             from .checkpoint import save_best
 
             save_best(
@@ -617,13 +536,13 @@ class Trainer:
                     "step": self.state.best_step,
                     "monitor": self.settings.early_stopping.monitor,
                     "value": self.state.best_value,
-                    "param_store": self._best_state,
+                    "param_store": self.evaluation.best_state,
                     "config": run.config.plain,
                     "versions": versions(),
                 },
                 self.run_dir,
             )
-            self._best_state = None
+            self.evaluation.best_state = None
         payload = {
             "format": FORMAT,
             "step": self.state.step,
@@ -721,29 +640,6 @@ class Trainer:
             hint="Continue with the same command plus "
             f"trainer.resume={self.run_dir or '<run dir>'}",
         )
-
-
-def objective_value(summary: dict[str, Any], path: str) -> float:
-    """The summary's value at a dotted ``path`` (``trainer.objective``, e.g. ``eval.rmse``): what
-    a run returns to a sweeper. ``best`` is the early-stopping monitor's best value (NaN when it
-    never had a finite one)."""
-    if path == "best":
-        best = summary.get("best")
-        return float(best["value"]) if best else float("nan")
-    value: Any = summary
-    for part in path.split("."):
-        if not isinstance(value, dict) or part not in value:
-            metrics = summary.get("eval") or {}
-            choices = ["smoothed_loss", "final_loss"] + [f"eval.{k}" for k in metrics]
-            why = (
-                "this run's evaluation has no such metric"
-                if metrics
-                else "this run has no held-out evaluation (the model has no evaluate() or the "
-                "data no held-out rows)"
-            )
-            raise PyrotrainError(why, key="trainer.objective", value=path, choices=choices)
-        value = value[part]
-    return float(value)
 
 
 def train(

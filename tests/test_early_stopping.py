@@ -139,7 +139,7 @@ def test_best_pt_is_not_a_resume_point(tmp_path: Path):
 def test_objective_best_and_predict_from_best(tmp_path, capsys):
     from test_predict import predict, train_run
 
-    from pyrotrain.loop import objective_value as objective
+    from pyrotrain.evaluation import objective_value as objective
 
     run = tmp_path / "run"
     summary = train_run(
