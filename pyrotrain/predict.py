@@ -433,6 +433,15 @@ def _future_labels(run: Any, horizon: int) -> tuple[str, list[str]]:
     return name, [_number(t_end + step * (k + 1), last.dtype) for k in range(horizon)]
 
 
+def _band(ax: Any, xs: list, q: dict[str, Any], cols: tuple[str, str], color: str, what: str,
+          **median: Any) -> None:  # fmt: skip
+    """A forecast's 90% band (the ``cols`` quantiles of ``q``) and its median, drawn over ``xs``."""
+    lo, hi = cols
+    ax.fill_between(xs, q[lo].tolist(), q[hi].tolist(), color=color, alpha=0.25, lw=0,
+                    label=f"{what}, 90% band")  # fmt: skip
+    ax.plot(xs, q["q50"].tolist(), color=color, label=f"{what}, median", **median)
+
+
 def plot_forecast(
     path: Path,
     run: Any,
@@ -459,34 +468,8 @@ def plot_forecast(
         )
         if held_out is not None:
             seg = xs[n_train : n_train + n_eval]
-            ax.fill_between(
-                seg,
-                held_out[lo].tolist(),
-                held_out[hi].tolist(),
-                color="tab:orange",
-                alpha=0.25,
-                lw=0,
-                label="held-out forecast, 90% band",
-            )
-            ax.plot(
-                seg,
-                held_out["q50"].tolist(),
-                color="tab:orange",
-                lw=1,
-                ls="--",
-                label="held-out forecast, median",
-            )
-    seg = xs[n_train + n_eval :]
-    ax.fill_between(
-        seg,
-        future[lo].tolist(),
-        future[hi].tolist(),
-        color="tab:blue",
-        alpha=0.25,
-        lw=0,
-        label="forecast, 90% band",
-    )
-    ax.plot(seg, future["q50"].tolist(), color="tab:blue", lw=1.5, label="forecast, median")
+            _band(ax, seg, held_out, (lo, hi), "tab:orange", "held-out forecast", lw=1, ls="--")
+    _band(ax, xs[n_train + n_eval :], future, (lo, hi), "tab:blue", "forecast", lw=1.5)
     labels = (
         _labelled(
             {"t": torch.cat([data.train["t"], data.eval.get("t", data.train["t"][:0])])}, data.info

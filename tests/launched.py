@@ -6,10 +6,11 @@ compare with.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import torch
-from helpers import unconstrained_params
+from helpers import same, saved_params, unconstrained_params
 
 COMMON = [
     "data=synthetic_regression",
@@ -83,3 +84,82 @@ def train_one_process(overrides: list[str]) -> dict[str, torch.Tensor]:
 def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+# Three groups (DCTAdam on a DCT-marked weight, AdagradRMSProp with clipping, Adam) and a plateau
+# scheduler: the stack both launchers' suites check against one process.
+STACK = [
+    "guide=auto_delta",
+    "optim=multi",
+    "optim.groups.locs.params=[AutoDelta.weight]",
+    "optim.groups.scales.params=[AutoDelta.sigma]",
+    "+optim.groups.scales.clip.norm=0.5",
+    "optim.groups.weights.params=[AutoDelta.bias]",
+    "+optim.dct=[{params: [AutoDelta.weight], dim: -1}]",
+    "scheduler=plateau",
+    "scheduler.patience=1",
+    "scheduler.threshold=0.05",  # halves the lrs a few times in 24 steps
+    "+optim.groups.scales.scheduler=none",  # torch's plateau needs an lr; this group has eta
+    "trainer.steps=24",
+    *COMMON,
+]
+LRS = {"dct": 0.01, "eta": 0.02, "adam": 0.003}
+
+
+def stack_optimizers(factor: float) -> list[str]:
+    """The three groups' optimizers, their step sizes times ``factor``."""
+    return [
+        "optim.groups.locs.optimizer.name=dct_adam",
+        f"optim.groups.locs.optimizer.lr={LRS['dct'] * factor}",
+        "+optim.groups.locs.optimizer.clip_norm=1.0",
+        "optim.groups.scales.optimizer.name=adagrad_rmsprop",
+        "~optim.groups.scales.optimizer.lr",
+        f"+optim.groups.scales.optimizer.eta={LRS['eta'] * factor}",
+        f"optim.groups.weights.optimizer.lr={LRS['adam'] * factor}",
+    ]
+
+
+def assert_same_final_state(a: Path, b: Path, step: int) -> None:
+    """Run dirs ``a`` and ``b`` end with the same parameters, and their checkpoints at ``step``
+    with the same RNG states (two ranks) and optimizer states, bit for bit."""
+    from pyrotrain.checkpoint import load_checkpoint
+
+    pa, pb = saved_params(a), saved_params(b)
+    assert pa.keys() == pb.keys()
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    ca = load_checkpoint(a / "checkpoints" / f"step-{step:08d}.pt")
+    cb = load_checkpoint(b / "checkpoints" / f"step-{step:08d}.pt")
+    assert len(ca["rng"]) == len(cb["rng"]) == 2  # one RNG state per rank
+    for ra, rb in zip(ca["rng"], cb["rng"], strict=True):
+        assert torch.equal(ra["torch"], rb["torch"]) and ra["random"] == rb["random"]
+    for group in ca["optim"]:
+        sa, sb = ca["optim"][group]["optimizer"]["state"], cb["optim"][group]["optimizer"]["state"]
+        assert sa.keys() == sb.keys()
+        for i in sa:
+            assert all(same(sa[i][k], sb[i][k]) for k in sa[i])
+
+
+_FAILING_MODEL = """
+import os
+import pyro, pyro.distributions as dist, torch
+
+
+class Model:
+    def __init__(self, data):
+        self.features = data.train["x"].shape[-1]
+        self.calls = 0
+
+    def __call__(self, x, y=None, index=None, size=None):
+        self.calls += 1
+        if self.calls == 3 and os.environ.get("{rank_var}") == "1":
+            raise ValueError("bad row in this rank's shard")
+        w = pyro.sample("w", dist.Normal(torch.zeros(self.features), 1.0).to_event(1))
+        with pyro.plate("data", size, subsample=index):
+            pyro.sample("obs", dist.Normal(x @ w, 1.0), obs=y)
+"""
+
+
+def failing_model(rank_var: str) -> str:
+    """A model module (write it as failing_model.py) whose rank 1 raises at its third call;
+    ``rank_var`` is the launcher's rank variable."""
+    return textwrap.dedent(_FAILING_MODEL).replace("{rank_var}", rank_var)

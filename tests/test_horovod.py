@@ -12,13 +12,11 @@ import importlib.util
 import os
 import signal
 import subprocess
-import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-import torch
 from helpers import (
     BIN,
     PYROTRAIN,
@@ -27,14 +25,18 @@ from helpers import (
     cli_env,
     metrics_rows,
     run_summary,
-    same,
     saved_params,
 )
 from launched import (
     COMMON,
+    LRS,
+    STACK,
+    assert_same_final_state,
+    failing_model,
     install_write_recorder,
     max_diff,
     recorded_writes,
+    stack_optimizers,
     train_one_process,
 )
 
@@ -167,40 +169,12 @@ def test_multi_group_stack_with_dct_adam_matches_one_process(tmp_path):
     has the doubled learning rates and all 100 rows of each step. AutoDelta samples nothing, so
     the two runs agree to rounding error only if clipping follows averaging, the scheduler sees
     the same loss, and the lrs are scaled."""
-    stack = [
-        "guide=auto_delta",
-        "optim=multi",
-        "optim.groups.locs.params=[AutoDelta.weight]",
-        "optim.groups.scales.params=[AutoDelta.sigma]",
-        "+optim.groups.scales.clip.norm=0.5",
-        "optim.groups.weights.params=[AutoDelta.bias]",
-        "+optim.dct=[{params: [AutoDelta.weight], dim: -1}]",
-        "scheduler=plateau",
-        "scheduler.patience=1",
-        "scheduler.threshold=0.05",  # halves the lrs a few times in 24 steps
-        "+optim.groups.scales.scheduler=none",  # torch's plateau needs an lr; this group has eta
-        "trainer.steps=24",
-        *COMMON,
-    ]
-    lrs = {"dct": 0.01, "eta": 0.02, "adam": 0.003}
-
-    def optimizers(factor):
-        return [
-            "optim.groups.locs.optimizer.name=dct_adam",
-            f"optim.groups.locs.optimizer.lr={lrs['dct'] * factor}",
-            "+optim.groups.locs.optimizer.clip_norm=1.0",
-            "optim.groups.scales.optimizer.name=adagrad_rmsprop",
-            "~optim.groups.scales.optimizer.lr",
-            f"+optim.groups.scales.optimizer.eta={lrs['eta'] * factor}",
-            f"optim.groups.weights.optimizer.lr={lrs['adam'] * factor}",
-        ]
-
     cwd = tmp_path / "job"
     cwd.mkdir()
     r = hvdrun(
         tmp_path,
-        *stack,
-        *optimizers(1),
+        *STACK,
+        *stack_optimizers(1),
         "distributed.lr_scaling=linear",
         "trainer.accumulate_grad_batches=2",
         "trainer.batch_size=25",
@@ -213,12 +187,12 @@ def test_multi_group_stack_with_dct_adam_matches_one_process(tmp_path):
     assert summary["world_size"] == 2 and summary["params_in_sync"] is True
     assert summary["groups"]["locs"]["optimizer"] == "dct_adam"
     rows = metrics_rows(cwd / "run")
-    assert rows[0]["lr/scales"] == pytest.approx(2 * lrs["eta"])  # lr_scaling=linear
-    assert rows[-1]["lr/locs"] < 2 * lrs["dct"] / 3  # the plateau scheduler acted
+    assert rows[0]["lr/scales"] == pytest.approx(2 * LRS["eta"])  # lr_scaling=linear
+    assert rows[-1]["lr/locs"] < 2 * LRS["dct"] / 3  # the plateau scheduler acted
     # each step: 2 ranks x 2 minibatches x 25 rows
     assert rows[-1]["samples_per_s"] == pytest.approx(100 * rows[-1]["steps_per_s"])
 
-    reference = train_one_process([*stack, *optimizers(2), "trainer.batch_size=100"])
+    reference = train_one_process([*STACK, *stack_optimizers(2), "trainer.batch_size=100"])
     assert max_diff(saved_params(cwd / "run"), reference) < 1e-9
 
 
@@ -260,28 +234,8 @@ def test_distributed_none_refuses_two_ranks(tmp_path):
     assert not (tmp_path / "run" / "params.pt").exists()
 
 
-FAILING_MODEL = """
-import os
-import pyro, pyro.distributions as dist, torch
-
-
-class Model:
-    def __init__(self, data):
-        self.features = data.train["x"].shape[-1]
-        self.calls = 0
-
-    def __call__(self, x, y=None, index=None, size=None):
-        self.calls += 1
-        if self.calls == 3 and os.environ.get("HOROVOD_RANK") == "1":
-            raise ValueError("bad row in this rank's shard")
-        w = pyro.sample("w", dist.Normal(torch.zeros(self.features), 1.0).to_event(1))
-        with pyro.plate("data", size, subsample=index):
-            pyro.sample("obs", dist.Normal(x @ w, 1.0), obs=y)
-"""
-
-
 def test_a_failing_rank_ends_the_job_quickly_and_is_named(tmp_path):
-    (tmp_path / "failing_model.py").write_text(textwrap.dedent(FAILING_MODEL))
+    (tmp_path / "failing_model.py").write_text(failing_model("HOROVOD_RANK"))
     r = hvdrun(
         tmp_path,
         "model=custom",
@@ -304,24 +258,6 @@ def test_a_failing_rank_ends_the_job_quickly_and_is_named(tmp_path):
 RESUME = [*COMMON, "trainer.batch_size=50", "trainer.checkpoint_every=5", "trainer.log_every=5"]
 
 
-def _assert_same_final_state(a: Path, b: Path, step: int) -> None:
-    from pyrotrain.checkpoint import load_checkpoint
-
-    pa, pb = saved_params(a), saved_params(b)
-    assert pa.keys() == pb.keys()
-    assert all(torch.equal(pa[k], pb[k]) for k in pa)
-    ca = load_checkpoint(a / "checkpoints" / f"step-{step:08d}.pt")
-    cb = load_checkpoint(b / "checkpoints" / f"step-{step:08d}.pt")
-    assert len(ca["rng"]) == len(cb["rng"]) == 2  # one RNG state per rank
-    for ra, rb in zip(ca["rng"], cb["rng"], strict=True):
-        assert torch.equal(ra["torch"], rb["torch"]) and ra["random"] == rb["random"]
-    for group in ca["optim"]:
-        sa, sb = ca["optim"][group]["optimizer"]["state"], cb["optim"][group]["optimizer"]["state"]
-        assert sa.keys() == sb.keys()
-        for i in sa:
-            assert all(same(sa[i][k], sb[i][k]) for k in sa[i])
-
-
 def test_two_ranks_ten_steps_then_resume_equal_twenty_straight(tmp_path):
     job = tmp_path / "job"  # the recorder of rank 1's writes keeps its file outside
     job.mkdir()
@@ -341,7 +277,7 @@ def test_two_ranks_ten_steps_then_resume_equal_twenty_straight(tmp_path):
     assert r.writes == {"1.0": []}, r.writes
     summary = run_summary(job / "resumed")
     assert summary["resumed_from_step"] == 10 and summary["params_in_sync"] is True
-    _assert_same_final_state(job / "straight", job / "resumed", 20)
+    assert_same_final_state(job / "straight", job / "resumed", 20)
 
 
 def test_ctrl_c_to_horovodrun_stops_every_rank_after_the_same_step(tmp_path):
@@ -376,7 +312,7 @@ def test_ctrl_c_to_horovodrun_stops_every_rank_after_the_same_step(tmp_path):
     assert r.returncode == 0, r.output
     r = hvdrun(tmp_path, *args, "hydra.run.dir=straight", cwd=tmp_path)
     assert r.returncode == 0, r.output
-    _assert_same_final_state(tmp_path / "straight", tmp_path / "run", 500)
+    assert_same_final_state(tmp_path / "straight", tmp_path / "run", 500)
 
 
 def test_two_ranks_stop_early_after_the_same_step(tmp_path):

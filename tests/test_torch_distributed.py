@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import subprocess
-import textwrap
 import time
 from pathlib import Path
 
@@ -32,9 +31,14 @@ from helpers import (
 )
 from launched import (
     COMMON,
+    LRS,
+    STACK,
+    assert_same_final_state,
+    failing_model,
     install_write_recorder,
     max_diff,
     recorded_writes,
+    stack_optimizers,
     train_one_process,
 )
 
@@ -162,36 +166,6 @@ def test_two_ranks_train_like_one_process_with_twice_the_batch(sgd_job):
     assert max_diff(distributed, small_batch) > 1e-3  # the check above can tell them apart
 
 
-STACK = [
-    "guide=auto_delta",
-    "optim=multi",
-    "optim.groups.locs.params=[AutoDelta.weight]",
-    "optim.groups.scales.params=[AutoDelta.sigma]",
-    "+optim.groups.scales.clip.norm=0.5",
-    "optim.groups.weights.params=[AutoDelta.bias]",
-    "+optim.dct=[{params: [AutoDelta.weight], dim: -1}]",
-    "scheduler=plateau",
-    "scheduler.patience=1",
-    "scheduler.threshold=0.05",  # halves the lrs a few times in 24 steps
-    "+optim.groups.scales.scheduler=none",  # torch's plateau needs an lr; this group has eta
-    "trainer.steps=24",
-    *COMMON,
-]
-LRS = {"dct": 0.01, "eta": 0.02, "adam": 0.003}
-
-
-def _stack_optimizers(factor: float) -> list[str]:
-    return [
-        "optim.groups.locs.optimizer.name=dct_adam",
-        f"optim.groups.locs.optimizer.lr={LRS['dct'] * factor}",
-        "+optim.groups.locs.optimizer.clip_norm=1.0",
-        "optim.groups.scales.optimizer.name=adagrad_rmsprop",
-        "~optim.groups.scales.optimizer.lr",
-        f"+optim.groups.scales.optimizer.eta={LRS['eta'] * factor}",
-        f"optim.groups.weights.optimizer.lr={LRS['adam'] * factor}",
-    ]
-
-
 def test_multi_group_stack_with_dct_adam_matches_one_process(tmp_path):
     """Three groups (DCTAdam on a DCT-marked weight, AdagradRMSProp with clipping, Adam), a
     plateau scheduler, lr_scaling=linear and accumulate_grad_batches=2 (explicit
@@ -204,7 +178,7 @@ def test_multi_group_stack_with_dct_adam_matches_one_process(tmp_path):
     r = torchrun(
         tmp_path,
         *STACK,
-        *_stack_optimizers(1),
+        *stack_optimizers(1),
         "distributed=torch",
         "distributed.allreduce=per_tensor",
         "distributed.lr_scaling=linear",
@@ -222,7 +196,7 @@ def test_multi_group_stack_with_dct_adam_matches_one_process(tmp_path):
     assert rows[-1]["lr/locs"] < 2 * LRS["dct"] / 3  # the plateau scheduler acted
     assert rows[-1]["samples_per_s"] == pytest.approx(100 * rows[-1]["steps_per_s"])
 
-    reference = train_one_process([*STACK, *_stack_optimizers(2), "trainer.batch_size=100"])
+    reference = train_one_process([*STACK, *stack_optimizers(2), "trainer.batch_size=100"])
     assert max_diff(saved_params(cwd / "run"), reference) < 1e-9
 
 
@@ -236,24 +210,6 @@ LONG = [
     "trainer.progress=plain",
     "trainer.steps=100",
 ]
-
-
-def _assert_same_final_state(a: Path, b: Path, step: int) -> None:
-    from pyrotrain.checkpoint import load_checkpoint
-
-    pa, pb = saved_params(a), saved_params(b)
-    assert pa.keys() == pb.keys()
-    assert all(torch.equal(pa[k], pb[k]) for k in pa)
-    ca = load_checkpoint(a / "checkpoints" / f"step-{step:08d}.pt")
-    cb = load_checkpoint(b / "checkpoints" / f"step-{step:08d}.pt")
-    assert len(ca["rng"]) == len(cb["rng"]) == 2  # one RNG state per rank
-    for ra, rb in zip(ca["rng"], cb["rng"], strict=True):
-        assert torch.equal(ra["torch"], rb["torch"]) and ra["random"] == rb["random"]
-    for group in ca["optim"]:
-        sa, sb = ca["optim"][group]["optimizer"]["state"], cb["optim"][group]["optimizer"]["state"]
-        assert sa.keys() == sb.keys()
-        for i in sa:
-            assert all(same(sa[i][k], sb[i][k]) for k in sa[i])
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +252,7 @@ def test_ctrl_c_stops_every_rank_after_the_same_step_and_resume_is_exact(tmp_pat
     assert r.writes == {"1.0": []}, r.writes
     summary = run_summary(tmp_path / "job" / "run")
     assert summary["resumed_from_step"] == stopped["step"] and summary["params_in_sync"] is True
-    _assert_same_final_state(straight, tmp_path / "job" / "run", 100)
+    assert_same_final_state(straight, tmp_path / "job" / "run", 100)
 
 
 def test_a_two_rank_checkpoint_resumes_in_one_process_resharded(tmp_path, straight):
@@ -370,32 +326,12 @@ def test_elastic_restart_after_a_sigkilled_worker_ends_bitwise_like_an_uninterru
     assert summary["resumed_from_step"] is not None and summary["resumed_from_step"] >= 10
     writes = job.writes()
     assert writes.get("1.1") == [], writes  # the restarted rank 1 wrote nothing either
-    _assert_same_final_state(straight, tmp_path / "job" / "run", 100)
-
-
-FAILING_MODEL = """
-import os
-import pyro, pyro.distributions as dist, torch
-
-
-class Model:
-    def __init__(self, data):
-        self.features = data.train["x"].shape[-1]
-        self.calls = 0
-
-    def __call__(self, x, y=None, index=None, size=None):
-        self.calls += 1
-        if self.calls == 3 and os.environ.get("RANK") == "1":
-            raise ValueError("bad row in this rank's shard")
-        w = pyro.sample("w", dist.Normal(torch.zeros(self.features), 1.0).to_event(1))
-        with pyro.plate("data", size, subsample=index):
-            pyro.sample("obs", dist.Normal(x @ w, 1.0), obs=y)
-"""
+    assert_same_final_state(straight, tmp_path / "job" / "run", 100)
 
 
 def test_a_failing_rank_ends_the_job_quickly_and_is_named(tmp_path):
     (tmp_path / "job").mkdir()
-    (tmp_path / "job" / "failing_model.py").write_text(textwrap.dedent(FAILING_MODEL))
+    (tmp_path / "job" / "failing_model.py").write_text(failing_model("RANK"))
     r = torchrun(
         tmp_path,
         "model=custom",

@@ -114,7 +114,7 @@ _store: Any = None  # torchrun's rendezvous store (a client), once per process
 _group_settings: tuple[str, float] | None = None  # (backend, timeout) of the live process group
 _group_store: Any = None  # the live process group's store
 _groups_made = 0
-_local_group: tuple[int, _local.LocalGroup] | None = None  # (group number, its socket group)
+_local_group: _local.LocalGroup | None = None  # the live process group's socket group
 
 
 def _rendezvous_store() -> Any:
@@ -188,7 +188,7 @@ def close_group() -> None:
     "terminate called without an active exception")."""
     global _local_group, _group_settings
     if _local_group is not None:
-        _local_group[1].close()
+        _local_group.close()
         _local_group = None
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -197,11 +197,11 @@ def close_group() -> None:
 
 def local_group(rank: int, size: int, timeout: float) -> _local.LocalGroup:
     """The socket group of the live process group's ranks (made once per process group, by
-    every rank at the same point)."""
+    every rank at the same point; :func:`close_group` ends both)."""
     global _local_group
-    if _local_group is None or _local_group[0] != _groups_made:
-        _local_group = (_groups_made, _local.LocalGroup(_group_store, rank, size, timeout))
-    return _local_group[1]
+    if _local_group is None:
+        _local_group = _local.LocalGroup(_group_store, rank, size, timeout)
+    return _local_group
 
 
 def _all_ranks_here(size: int) -> bool:
