@@ -20,9 +20,9 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from pyrotrain import search
+from pyrotrain.console import screen
 from pyrotrain.errors import PyrotrainError
 from pyrotrain.io import write_text
-from pyrotrain.metrics import screen
 
 
 class OptunaSweeper(Sweeper):
