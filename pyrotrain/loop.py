@@ -133,7 +133,7 @@ def versions() -> dict[str, str]:
     import hydra
     import omegaconf
 
-    from . import __version__
+    from ._version import __version__
 
     return {
         "pyrotrain": __version__,
