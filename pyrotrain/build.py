@@ -23,10 +23,10 @@ from omegaconf import DictConfig
 
 from .checkpoint import check_compatible, check_run_dir, find_resume, shape_of
 from .config import RunConfig, parse_config
+from .console import screen
 from .data import BatchOrder, Dataset
 from .distributed import Backend, create_backend
 from .errors import PyrotrainError
-from .metrics import screen
 from .optim.spec import GroupSpec
 from .optim.stack import OptimizerStack
 from .registry import (

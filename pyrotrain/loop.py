@@ -27,10 +27,11 @@ from pyro.poutine.messenger import Messenger
 from rich.markup import escape
 
 from .build import Run, build, torch_defaults
+from .console import screen
 from .errors import PyrotrainError, TrainingStopped
 from .evaluation import Evaluation
 from .io import save_params, write_json
-from .metrics import MetricsSinks, ProgressDisplay, SmoothedLoss, screen
+from .metrics import MetricsSinks, ProgressDisplay, SmoothedLoss
 from .optim.rows import TouchedRows, densify
 from .registry import describe_exception
 
@@ -132,7 +133,7 @@ def versions() -> dict[str, str]:
     import hydra
     import omegaconf
 
-    from . import __version__
+    from ._version import __version__
 
     return {
         "pyrotrain": __version__,

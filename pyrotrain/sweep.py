@@ -22,10 +22,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from .console import exit_with, screen
 from .distributed import is_main_process
-from .errors import PyrotrainError, exit_with
+from .errors import PyrotrainError
 from .io import write_json, write_text
-from .metrics import screen
 from .plots import job_labels, plot_run, plot_sweep, sweep_jobs
 
 FINISHED = "finished"
