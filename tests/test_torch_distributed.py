@@ -169,7 +169,7 @@ def test_two_ranks_train_like_one_process_with_twice_the_batch(sgd_job):
 def test_multi_group_stack_with_dct_adam_matches_one_process(tmp_path):
     """Three groups (DCTAdam on a DCT-marked weight, AdagradRMSProp with clipping, Adam), a
     plateau scheduler, lr_scaling=linear and accumulate_grad_batches=2 (explicit
-    distributed=torch, allreduce=per_tensor over the default socket transport: one allreduce per
+    distributed=torch, allreduce=per_tensor over Gloo: one allreduce per
     parameter, 0-dim ones included), against one process with the doubled rates and all 100 rows
     of each step: equal to rounding only if clipping follows averaging, the scheduler sees the
     same loss, and the lrs are scaled."""

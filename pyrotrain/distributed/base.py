@@ -3,7 +3,7 @@ launcher implies before training starts: which engine launched this process, the
 agreed by every rank, what non-main ranks must not write, and how a failed rank is reported.
 
 An engine is one module in this package (``single``, ``horovod``, ``torch``) plus one YAML file in
-``conf/distributed/``; private modules (``_local``) are an engine's helpers. The module defines:
+``conf/distributed/``; private modules (``_name``) would be an engine's helpers. The module defines:
 
 - ``NAME``: the engine's name in ``distributed.name``;
 - ``LAUNCH_VARS``: ``(rank, size, local rank)`` environment variables its launcher sets, so that

@@ -10,10 +10,7 @@ parameter layout. ``allreduce: per_tensor`` starts one asynchronous allreduce pe
 ``DistributedDataParallel`` without buckets, ``hvd.DistributedOptimizer`` and
 ``pyro.optim.HorovodOptimizer`` do); ``scripts/bench_scaling.py`` measures both.
 
-Where every rank is on this host and the tensors are on the CPU, those allreduces go over Unix
-sockets between the ranks (:mod:`._local`, ``transport: auto``) rather than through Gloo, whose
-per-collective latency dominated small steps here; ``transport: backend`` keeps them on Gloo/NCCL.
-Broadcasts and object gathers (rare) always use the backend.
+Every collective is torch.distributed's own (Gloo for CPU tensors, NCCL for CUDA tensors).
 
 The process group is built on the rendezvous store that torchrun's agent hosts (``env://``:
 ``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE``), so the job's start time can be agreed
@@ -25,7 +22,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -36,7 +32,6 @@ import torch.distributed as dist
 
 from ..errors import PyrotrainError
 from ..schema import setting
-from . import _local
 from .base import (
     Layout,
     PeerFailure,
@@ -93,12 +88,6 @@ class Settings:
         "per_tensor: one asynchronous allreduce per parameter",
         default="fused",
     )
-    transport: Literal["auto", "socket", "backend"] = setting(
-        "how the allreduces travel between ranks on one host: socket (Unix sockets between the "
-        "ranks, Linux, CPU tensors, every rank on this host), backend (through gloo/nccl), or "
-        "auto (socket where it applies, else backend)",
-        default="auto",
-    )
 
     def check(self, key: str) -> None:
         check_predivide(self, key)
@@ -112,9 +101,7 @@ def create(settings: Settings) -> TorchBackend:
 
 _store: Any = None  # torchrun's rendezvous store (a client), once per process
 _group_settings: tuple[str, float] | None = None  # (backend, timeout) of the live process group
-_group_store: Any = None  # the live process group's store
 _groups_made = 0
-_local_group: _local.LocalGroup | None = None  # the live process group's socket group
 
 
 def _rendezvous_store() -> Any:
@@ -161,7 +148,7 @@ def _backend_name(requested: str) -> str:
 def process_group(backend: str, timeout: float) -> None:
     """Make the default process group (or keep the one this process already has, when a sweep's
     next job asks for the same backend and timeout)."""
-    global _group_settings, _group_store, _groups_made
+    global _group_settings, _groups_made
     if dist.is_initialized():
         if _group_settings == (backend, timeout):
             return
@@ -173,9 +160,7 @@ def process_group(backend: str, timeout: float) -> None:
     # torchrun's store outlives a restart: a fresh prefix per attempt keeps the dead ranks'
     # addresses from being read back
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    store = _group_store = dist.PrefixStore(
-        f"pyrotrain/{attempt}/group{_groups_made}", _rendezvous_store()
-    )
+    store = dist.PrefixStore(f"pyrotrain/{attempt}/group{_groups_made}", _rendezvous_store())
     dist.init_process_group(
         backend, store=store, rank=rank, world_size=size, timeout=timedelta(seconds=timeout)
     )
@@ -183,41 +168,13 @@ def process_group(backend: str, timeout: float) -> None:
 
 
 def close_group() -> None:
-    """Close the socket group and destroy the process group (before a new one, and at exit: left
-    to the interpreter's teardown, Gloo's threads once aborted a rank that had finished, with
-    "terminate called without an active exception")."""
-    global _local_group, _group_settings
-    if _local_group is not None:
-        _local_group.close()
-        _local_group = None
+    """Destroy the process group (before a new one, and at exit: left to the interpreter's
+    teardown, Gloo's threads once aborted a rank that had finished, with "terminate called
+    without an active exception")."""
+    global _group_settings
     if dist.is_initialized():
         dist.destroy_process_group()
     _group_settings = None
-
-
-def local_group(rank: int, size: int, timeout: float) -> _local.LocalGroup:
-    """The socket group of the live process group's ranks (made once per process group, by
-    every rank at the same point; :func:`close_group` ends both)."""
-    global _local_group
-    if _local_group is None:
-        _local_group = _local.LocalGroup(_group_store, rank, size, timeout)
-    return _local_group
-
-
-def _all_ranks_here(size: int) -> bool:
-    """Whether every rank of the job runs on this host (torchrun's LOCAL_WORLD_SIZE)."""
-    return os.environ.get("LOCAL_WORLD_SIZE") == str(size)
-
-
-class _Done:
-    """What a finished collective returns, for code that waits on a started one."""
-
-    @staticmethod
-    def wait() -> bool:
-        return True
-
-
-_DONE = _Done()
 
 
 @contextlib.contextmanager
@@ -271,35 +228,9 @@ class TorchBackend:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, self.local_size)))
         if not self.is_main:
             tag_rank_output(self.rank)
-        self._local = self._socket_group()
-
-    def _socket_group(self) -> _local.LocalGroup | None:
-        """The Unix-socket group that carries this job's CPU allreduces, or None (backend)."""
-        s = self.settings
-        if self.size == 1 or s.transport == "backend":
-            return None
-        here, linux = _all_ranks_here(self.size), _local.available()
-        if not (here and linux):
-            if s.transport == "auto":
-                return None
-            why = "some ranks run on other hosts" if linux else f"this is {sys.platform}"
-            raise PyrotrainError(
-                f"the socket transport connects ranks on one Linux host, and {why} "
-                f"(LOCAL_WORLD_SIZE={os.environ.get('LOCAL_WORLD_SIZE')}, "
-                f"WORLD_SIZE={self.size})",
-                key="distributed.transport",
-                value=s.transport,
-                choices=["auto", "backend"],
-                hint="Use transport=auto (sockets where they apply, else the backend)",
-            )
-        with _collective(self.rank):
-            return local_group(self.rank, self.size, s.timeout)
 
     def _all_reduce(self, tensor: torch.Tensor) -> Any:
         """Start the sum of ``tensor`` over the ranks, in place; wait() on what it returns."""
-        if self._local is not None and tensor.device.type == "cpu" and tensor.is_contiguous():
-            self._local.all_reduce_(tensor)
-            return _DONE
         return dist.all_reduce(tensor, async_op=True)
 
     # -- the backend interface ------------------------------------------------------------------
