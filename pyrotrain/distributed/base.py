@@ -28,7 +28,7 @@ import sys
 import time
 import warnings
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -185,6 +185,64 @@ def layout_of(params: Iterable[torch.Tensor]) -> Layout:
     # average by at least 1 / ranks.
     fingerprint = float(zlib.crc32(text.encode()) % 1021)
     return Layout(names, ps, sorted(groups.items()), fingerprint)
+
+
+#: How an engine carries one step's buffers: given the layout, its gradients (zeros where a rank
+#: has none) and the meta vector (float64), reduce them over the ranks and return the gradients
+#: (flat views, in layout order) and the ranks' mean of the meta vector (float64).
+Travel = Callable[
+    [Layout, list[torch.Tensor], torch.Tensor], tuple[list[torch.Tensor], torch.Tensor]
+]
+
+
+class Reducer:
+    """The one ``Backend.reduce`` of every engine; the engine supplies only ``travel``.
+
+    Each step's meta vector is ``[loss, layout fingerprint, stop, one has-a-gradient flag per
+    parameter]``: the loss the ranks report (plateau schedulers see it) is their mean without a
+    collective of its own; a parameter whose gradient is None on some ranks gets the others' with
+    zeros from those (as in ``hvd.DistributedOptimizer``) while one with no gradient anywhere stays
+    None; and ranks whose traces hold different parameters fail loudly instead of mixing up
+    gradients.
+    """
+
+    def __init__(self, rank: int, size: int, travel: Travel):
+        self.rank, self.size, self.travel = rank, size, travel
+        self._key: frozenset | None = None
+        self._layout: Layout | None = None
+
+    @torch.no_grad()
+    def __call__(
+        self, params: Iterable[torch.Tensor], loss: float = 0.0, stop: int = 0
+    ) -> tuple[float, int]:
+        params = params if isinstance(params, (set, frozenset)) else set(params)
+        if self.size == 1:
+            return float(loss), stop
+        key = frozenset(params)
+        if key != self._key:  # the layout of a step's parameters rarely changes: keep it
+            self._key, self._layout = key, layout_of(params)
+        layout = self._layout
+        assert layout is not None  # set with _key
+        raw = [p.grad for p in layout.params]
+        meta = torch.tensor(
+            [float(loss), layout.fingerprint, float(stop), *(float(g is not None) for g in raw)],
+            dtype=torch.float64,
+        )
+        grads = [
+            g if g is not None else torch.zeros_like(p)
+            for g, p in zip(raw, layout.params, strict=True)
+        ]
+        reduced, mean = self.travel(layout, grads, meta)
+        if abs(mean[1].item() - layout.fingerprint) > 0.01:
+            raise RuntimeError(
+                f"rank {self.rank}: the ranks' traces hold different parameters this step "
+                f"(this rank: {', '.join(layout.names)}); every rank must create and use the "
+                "same Pyro parameters"
+            )
+        has_grad = (mean[3:] > 0).tolist()
+        for p, g, keep in zip(layout.params, reduced, has_grad, strict=True):
+            p.grad = g.view_as(p) if keep else None
+        return mean[0].item(), round(mean[2].item() * self.size)
 
 
 def param_digest() -> str:

@@ -35,6 +35,7 @@ from ..schema import setting
 from .base import (
     Layout,
     PeerFailure,
+    Reducer,
     check_predivide,
     layout_of,
     lr_factor,
@@ -217,9 +218,9 @@ class TorchBackend:
         # one process's mean over N*B rows divides)
         self._post_div = self.size / s.gradient_predivide_factor if s.op == "average" else 1.0
         self._packed = s.allreduce == "fused" and s.compression == "none"
-        self._layout_key: frozenset | None = None
-        self._layout: Layout | None = None
-        self._plan: list[list[int]] = []  # the layout's buckets: positions, by dtype and device
+        self._reducer = Reducer(self.rank, self.size, self._travel)
+        self._plan_of: Layout | None = None
+        self._plan: list[list[int]] = []  # that layout's buckets: positions, by dtype and device
         if torch.cuda.is_available():
             torch.cuda.set_device(self.local_rank % torch.cuda.device_count())
         if "OMP_NUM_THREADS" not in os.environ:
@@ -251,50 +252,11 @@ class TorchBackend:
                 ):
                     layout.params[i].copy_(part.view_as(layout.params[i]))
 
-    @torch.no_grad()
     def reduce(
         self, params: Iterable[torch.Tensor], loss: float = 0.0, stop: int = 0
     ) -> tuple[float, int]:
-        """Reduce the gradients of ``params`` over the ranks (in place); return the mean loss and
-        the sum of the ranks' ``stop`` codes, so all ranks stop after the same step."""
-        params = params if isinstance(params, (set, frozenset)) else set(params)
-        if self.size == 1:
-            return float(loss), stop
-        key = frozenset(params)
-        if key != self._layout_key:
-            found = layout_of(params)
-            self._layout_key, self._layout = key, found
-            self._plan = _buckets(found.params, range(len(found.params)))
-        layout = self._layout
-        assert layout is not None  # set with _layout_key
-        raw = [p.grad for p in layout.params]
-        meta = [float(loss), layout.fingerprint, float(stop), *(float(g is not None) for g in raw)]
-        grads = [
-            g if g is not None else torch.zeros_like(p)
-            for g, p in zip(raw, layout.params, strict=True)
-        ]
-        with _collective(self.rank):
-            if self._packed:
-                reduced, total = self._fused_packed(grads, meta)
-            else:
-                meta_wire = torch.tensor(meta, dtype=torch.float64)
-                meta_work = self._all_reduce(meta_wire)
-                if self.settings.allreduce == "fused":
-                    reduced = self._fused(grads)
-                else:
-                    reduced = self._per_tensor(grads)
-                meta_work.wait()
-                total = meta_wire.tolist()
-        n = self.size
-        if abs(total[1] / n - layout.fingerprint) > 0.01:
-            raise RuntimeError(
-                f"rank {self.rank}: the ranks' traces hold different parameters this step "
-                f"(this rank: {', '.join(layout.names)}); every rank must create and use the "
-                "same Pyro parameters"
-            )
-        for p, g, ranks_with_grad in zip(layout.params, reduced, total[3:], strict=True):
-            p.grad = g.view_as(p) if ranks_with_grad > 0 else None
-        return total[0] / n, round(total[2])
+        """See :meth:`~pyrotrain.distributed.base.Backend.reduce` (:class:`~.base.Reducer`)."""
+        return self._reducer(params, loss, stop)
 
     def gather_object(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order, on every rank."""
@@ -325,9 +287,29 @@ class TorchBackend:
 
     # -- the ways to hand gradients to torch.distributed -----------------------------------------
 
+    def _travel(
+        self, layout: Layout, grads: list[torch.Tensor], meta: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The :data:`~.base.Travel` of this engine: ``allreduce`` and ``compression`` pick the
+        way; every one sums (torch.distributed's op) and divides here."""
+        if layout is not self._plan_of:
+            self._plan_of, self._plan = layout, _buckets(layout.params, range(len(layout.params)))
+        with _collective(self.rank):
+            if self._packed:
+                reduced, total = self._fused_packed(grads, meta)
+            else:
+                meta_work = self._all_reduce(meta)
+                if self.settings.allreduce == "fused":
+                    reduced = self._fused(grads)
+                else:
+                    reduced = self._per_tensor(grads)
+                meta_work.wait()
+                total = meta
+        return reduced, total / self.size
+
     def _fused_packed(
-        self, grads: list[torch.Tensor], meta: list[float]
-    ) -> tuple[list[torch.Tensor], list[float]]:
+        self, grads: list[torch.Tensor], meta: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """One allreduce (sum) per dtype and device (the buckets of this layout), the loss and
         flags riding at the end of the first buffer; the division for the mean is done here, on
         the gradients only. Returns the gradients and the summed ``meta``."""
@@ -336,7 +318,7 @@ class TorchBackend:
             parts = [grads[i].reshape(-1) for i in idx]
             n_grad = sum(t.numel() for t in parts)
             if j == 0:
-                parts.append(torch.tensor(meta, dtype=parts[0].dtype, device=parts[0].device))
+                parts.append(meta.to(dtype=parts[0].dtype, device=parts[0].device))
             flat = torch.cat(parts)
             if self._pre != 1.0:
                 flat[:n_grad].mul_(self._pre)
@@ -351,7 +333,7 @@ class TorchBackend:
             for i, g in zip(idx, flat[:n_grad].split(sizes), strict=True):
                 out[i] = g
             if j == 0:
-                total = flat[n_grad:].tolist()
+                total = flat[n_grad:].to(torch.float64)
         return out, total
 
     def _fused(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
