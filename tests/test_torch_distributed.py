@@ -255,6 +255,40 @@ def test_ctrl_c_stops_every_rank_after_the_same_step_and_resume_is_exact(tmp_pat
     assert_same_final_state(straight, tmp_path / "job" / "run", 100)
 
 
+_STOP_REDUCE = """
+import os, signal
+import pyro, torch
+from pyrotrain.distributed.torch import Settings, TorchBackend
+
+backend = TorchBackend(Settings())
+p = pyro.param("w", torch.zeros(3)).unconstrained()
+got = []
+for last in (signal.SIGINT, signal.SIGTERM, 0):
+    p.grad = torch.ones(3)
+    stop = last if backend.rank == backend.size - 1 else (0 if last == 0 else signal.SIGINT)
+    got.append(backend.reduce([p], 1.0, stop)[1])
+if backend.is_main:
+    print("STOPS", *got)
+"""
+
+
+def test_eight_ranks_stopped_by_sigint_stop_for_sigint_not_sigterm(tmp_path):
+    """The stop flag counts each signal apart: eight ranks' SIGINTs (whose signal numbers sum to
+    16, past SIGTERM's 15) decode as SIGINT; seven SIGINTs and one SIGTERM as SIGTERM; none as
+    0. Eight real ranks, each calling the backend's reduce."""
+    (tmp_path / "stop_reduce.py").write_text(_STOP_REDUCE)
+    r = subprocess.run(
+        [str(TORCHRUN), "--standalone", "--nproc-per-node", "8", "stop_reduce.py"],
+        cwd=tmp_path,
+        env=cli_env({"OMP_NUM_THREADS": "1"}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert f"STOPS {int(signal.SIGINT)} {int(signal.SIGTERM)} 0" in r.stdout, r.stdout
+
+
 def test_a_two_rank_checkpoint_resumes_in_one_process_resharded(tmp_path, straight):
     """A job that lost a rank for good goes on with fewer: the parameters, the optimizer state and
     the step carry over, the rows are re-dealt from the saved epoch on."""

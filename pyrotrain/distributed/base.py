@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import pkgutil
+import signal
 import sys
 import time
 import warnings
@@ -101,8 +102,10 @@ class Backend(Protocol):
 
     def reduce(self, params: Iterable[torch.Tensor], loss: float, stop: int) -> tuple[float, int]:
         """Make every rank's ``p.grad`` the mean over ranks, in place, in as few collectives as
-        the engine allows; return the ranks' mean ``loss`` and the sum of their ``stop`` codes
-        (nonzero: some rank was asked to stop), so all ranks act alike after this step."""
+        the engine allows (``op=sum``: the sum). ``stop`` is this rank's stop signal (0, or one of
+        :data:`STOP_SIGNALS`). Return the ranks' mean ``loss`` and the signal every rank stops
+        for after this step: 0 when no rank got one, else the first of :data:`STOP_SIGNALS` that
+        some rank got (:func:`stop_signal`), so all ranks act alike."""
         ...
 
     def gather_object(self, obj: Any) -> list[Any]:
@@ -187,6 +190,25 @@ def layout_of(params: Iterable[torch.Tensor]) -> Layout:
     return Layout(names, ps, sorted(groups.items()), fingerprint)
 
 
+#: The signals that ask a run to stop after the current step, the one that wins first: when ranks
+#: got different ones, every rank stops as if it had got the first (SIGTERM: the scheduler's).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def stop_counts(stop: int) -> list[float]:
+    """One slot per signal of :data:`STOP_SIGNALS` (1 for ``stop``'s, else 0): summed over ranks,
+    each slot counts the ranks that got that signal, so no sum of two kinds reads as a third."""
+    if stop and stop not in STOP_SIGNALS:
+        raise ValueError(f"stop is 0 or one of {[int(s) for s in STOP_SIGNALS]}, not {stop}")
+    return [float(stop == s) for s in STOP_SIGNALS]
+
+
+def stop_signal(counts: Iterable[int]) -> int:
+    """The signal the ranks stop for, from their :func:`stop_counts` summed: the first of
+    :data:`STOP_SIGNALS` some rank got, or 0."""
+    return next((int(s) for s, n in zip(STOP_SIGNALS, counts, strict=True) if n > 0), 0)
+
+
 #: How an engine carries one step's buffers: given the layout, its gradients (zeros where a rank
 #: has none) and the meta vector (float64), reduce them over the ranks and return the gradients
 #: (flat views, in layout order) and the ranks' mean of the meta vector (float64).
@@ -198,12 +220,13 @@ Travel = Callable[
 class Reducer:
     """The one ``Backend.reduce`` of every engine; the engine supplies only ``travel``.
 
-    Each step's meta vector is ``[loss, layout fingerprint, stop, one has-a-gradient flag per
-    parameter]``: the loss the ranks report (plateau schedulers see it) is their mean without a
-    collective of its own; a parameter whose gradient is None on some ranks gets the others' with
-    zeros from those (as in ``hvd.DistributedOptimizer``) while one with no gradient anywhere stays
-    None; and ranks whose traces hold different parameters fail loudly instead of mixing up
-    gradients.
+    Each step's meta vector is ``[loss, layout fingerprint, one count per stop signal, one
+    has-a-gradient flag per parameter]``: the loss the ranks report (plateau schedulers see it)
+    is their mean without a collective of its own; the stop signal is decoded from counts, not
+    from a sum of signal numbers; a parameter whose gradient is None on some ranks gets the
+    others' with zeros from those (as in ``hvd.DistributedOptimizer``) while one with no gradient
+    anywhere stays None; and ranks whose traces hold different parameters fail loudly instead of
+    mixing up gradients.
     """
 
     def __init__(self, rank: int, size: int, travel: Travel):
@@ -225,7 +248,8 @@ class Reducer:
         assert layout is not None  # set with _key
         raw = [p.grad for p in layout.params]
         meta = torch.tensor(
-            [float(loss), layout.fingerprint, float(stop), *(float(g is not None) for g in raw)],
+            [float(loss), layout.fingerprint, *stop_counts(stop)]
+            + [float(g is not None) for g in raw],
             dtype=torch.float64,
         )
         grads = [
@@ -239,10 +263,12 @@ class Reducer:
                 f"(this rank: {', '.join(layout.names)}); every rank must create and use the "
                 "same Pyro parameters"
             )
-        has_grad = (mean[3:] > 0).tolist()
+        flags = 2 + len(STOP_SIGNALS)
+        has_grad = (mean[flags:] > 0).tolist()
         for p, g, keep in zip(layout.params, reduced, has_grad, strict=True):
             p.grad = g.view_as(p) if keep else None
-        return mean[0].item(), round(mean[2].item() * self.size)
+        counts = [round(c * self.size) for c in mean[2:flags].tolist()]
+        return mean[0].item(), stop_signal(counts)
 
 
 def param_digest() -> str:
