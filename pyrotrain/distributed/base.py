@@ -41,6 +41,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ..errors import PyrotrainError
+from ..hydra_shim import skip_multirun_yaml
 from ..schema import parse, parse_named, setting
 
 # -- settings every engine has (each engine's Settings dataclass declares them with these) ------
@@ -426,30 +427,9 @@ def start_process(argv: list[str]) -> Launch | None:
             keys = tuple(o.split("=")[0] for o in _NON_MAIN_OVERRIDES)
             argv[1:] = [a for a in argv[1:] if not a.startswith(keys)]
             argv.extend(_NON_MAIN_OVERRIDES)
-            _skip_multirun_yaml()
+            skip_multirun_yaml()  # rank 0's copy is the one to keep
     os.environ[START_TIME_VAR] = repr(start)
     return launch
-
-
-def _skip_multirun_yaml() -> None:
-    """Hydra's basic sweeper saves multirun.yaml in the sweep dir whatever the config says; rank
-    0's copy is the one to keep."""
-    from hydra._internal.core_plugins import basic_sweeper
-    from hydra.core.plugins import Plugins
-
-    Plugins.instance()  # its plugin scan re-executes basic_sweeper: patch after it
-
-    class _NoSave:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(OmegaConf, name)
-
-        @staticmethod
-        def save(*args: Any, **kwargs: Any) -> None:
-            return None
-
-    if getattr(basic_sweeper, "OmegaConf", None) is OmegaConf:
-        # a stand-in, not the OmegaConf class the module's global is typed as
-        basic_sweeper.OmegaConf = _NoSave()  # type: ignore[misc, assignment]
 
 
 def failure_message(exc: BaseException, launch: Launch) -> str:
