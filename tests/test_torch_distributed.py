@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from helpers import (
     BIN,
     PYROTRAIN,
     TESTS,
+    assert_same_run,
     cli_env,
     metrics_rows,
     run_summary,
@@ -33,8 +33,9 @@ from launched import (
     COMMON,
     LRS,
     STACK,
-    assert_same_final_state,
+    Result,
     failing_model,
+    free_port,
     install_write_recorder,
     max_diff,
     recorded_writes,
@@ -99,11 +100,6 @@ def finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
         out, _ = proc.communicate()
         pytest.fail(f"torchrun hung for {timeout} s:\n{out[-4000:]}")
     return proc.returncode, out
-
-
-class Result:
-    def __init__(self, rc: int, out: str, wall: float, writes: dict[str, list[str]]):
-        self.returncode, self.output, self.wall, self.writes = rc, out, wall, writes
 
 
 def torchrun(
@@ -252,7 +248,7 @@ def test_ctrl_c_stops_every_rank_after_the_same_step_and_resume_is_exact(tmp_pat
     assert r.writes == {"1.0": []}, r.writes
     summary = run_summary(tmp_path / "job" / "run")
     assert summary["resumed_from_step"] == stopped["step"] and summary["params_in_sync"] is True
-    assert_same_final_state(straight, tmp_path / "job" / "run", 100)
+    assert_same_run(straight, tmp_path / "job" / "run", 100, ranks=2)
 
 
 _STOP_REDUCE = """
@@ -360,7 +356,7 @@ def test_elastic_restart_after_a_sigkilled_worker_ends_bitwise_like_an_uninterru
     assert summary["resumed_from_step"] is not None and summary["resumed_from_step"] >= 10
     writes = job.writes()
     assert writes.get("1.1") == [], writes  # the restarted rank 1 wrote nothing either
-    assert_same_final_state(straight, tmp_path / "job" / "run", 100)
+    assert_same_run(straight, tmp_path / "job" / "run", 100, ranks=2)
 
 
 def test_a_failing_rank_ends_the_job_quickly_and_is_named(tmp_path):
@@ -386,17 +382,11 @@ def test_a_failing_rank_ends_the_job_quickly_and_is_named(tmp_path):
 # -- two launchers, two nodes ---------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_launchers_act_as_two_nodes_of_one_job(tmp_path, sgd_job):
     """Two torchrun launchers, ``--nnodes=2 --nproc-per-node=1``, meet through a c10d rendezvous
     on 127.0.0.1: one job of two ranks, one run directory, parameters in sync. It reduces with
     ``allreduce=per_tensor``, and ends with the same bits as the fused single-launcher job."""
-    port = _free_port()
+    port = free_port()
     args = [
         *SGD,
         "trainer.batch_size=50",
