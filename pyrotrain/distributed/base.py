@@ -3,15 +3,17 @@ launcher implies before training starts: which engine launched this process, the
 agreed by every rank, what non-main ranks must not write, and how a failed rank is reported.
 
 An engine is one module in this package (``single``, ``horovod``, ``torch``) plus one YAML file in
-``conf/distributed/``; private modules (``_name``) would be an engine's helpers. The module defines:
+``conf/distributed/`` (modules named ``_name`` are skipped: an engine's own helpers). It defines:
 
 - ``NAME``: the engine's name in ``distributed.name``;
 - ``LAUNCH_VARS``: ``(rank, size, local rank)`` environment variables its launcher sets, so that
   ``distributed=auto`` can tell that a process was started by it;
 - ``Settings``: a frozen dataclass of its ``distributed.*`` keys, checked by
   :func:`pyrotrain.schema.parse` like every other section (``name`` is its first field);
-- ``create(settings) -> Backend``, and ``share_start_time(start) -> float``, a collective that
-  gives every rank rank 0's start time (Hydra names the run directory after it).
+- ``create(settings) -> Backend`` (its ``reduce`` a :class:`Reducer` around the engine's own
+  :data:`Travel`: how one step's buffers go over the wire), and
+  ``share_start_time(start) -> float``, a collective that gives every rank rank 0's start time
+  (Hydra names the run directory after it).
 
 Nothing here imports an engine's library: an engine module imports it when it is created.
 """
