@@ -631,7 +631,7 @@ class Trainer:
 
     def _stop(self, stop: int, own: int, metrics: MetricsSinks) -> None:
         """A rank got SIGINT or SIGTERM: every rank ends after the same step, with a checkpoint."""
-        signum = own or (signal.SIGTERM if stop >= signal.SIGTERM else signal.SIGINT)
+        signum = own or stop  # backend.reduce decodes the ranks' signals
         self._checkpoint(metrics)
         name = signal.Signals(signum).name
         where = f" and saved a checkpoint in {self.run_dir}" if self.writes else ""
