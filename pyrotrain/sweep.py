@@ -176,7 +176,7 @@ def job_configs(config: DictConfig, config_name: str | None) -> list[tuple[list[
     from hydra import compose
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from .hydra_shim import basic_sweep_jobs
+    from ._compat_hydra import basic_sweep_jobs
 
     overrides = [str(o) for o in config.hydra.overrides.task]
     sweeper = str(config.hydra.sweeper.get("_target_", ""))

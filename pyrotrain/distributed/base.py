@@ -43,7 +43,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ..errors import PyrotrainError
-from ..hydra_shim import skip_multirun_yaml
+from .._compat_hydra import skip_multirun_yaml
 from ..schema import parse, parse_named, setting
 
 # -- settings every engine has (each engine's Settings dataclass declares them with these) ------

@@ -8,7 +8,7 @@ Hydra offers no public way to do either of these, and both need what its basic s
 - a sweep's jobs are checked before the first one runs, so we need the jobs the basic sweeper
   will make of the overrides, in its order.
 
-``tests/test_hydra_shim.py`` fails when Hydra changes either.
+``tests/test_compat_hydra.py`` fails when Hydra changes either.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""pyrotrain/hydra_shim.py, the one place that uses Hydra's private API: these fail when Hydra
+"""pyrotrain/_compat_hydra.py, the one place that uses Hydra's private API: these fail when Hydra
 changes what the shim relies on."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import textwrap
 from helpers import cli_env
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from pyrotrain.hydra_shim import basic_sweep_jobs
+from pyrotrain._compat_hydra import basic_sweep_jobs
 
 _APP = """
 import sys
@@ -19,7 +19,7 @@ from pathlib import Path
 import hydra
 from hydra.core.config_store import ConfigStore
 
-from pyrotrain.hydra_shim import skip_multirun_yaml
+from pyrotrain._compat_hydra import skip_multirun_yaml
 
 ConfigStore.instance().store(name="app", node={"x": 0})
 
