@@ -42,8 +42,8 @@ import pyro
 import torch
 from omegaconf import OmegaConf
 
-from ..errors import PyrotrainError
 from .._compat_hydra import skip_multirun_yaml
+from ..errors import PyrotrainError
 from ..schema import parse, parse_named, setting
 
 # -- settings every engine has (each engine's Settings dataclass declares them with these) ------
