@@ -69,6 +69,70 @@ def save_best(payload: dict[str, Any], run_dir: Path) -> Path:
     return atomic_write(path, lambda f: torch.save(payload, f))
 
 
+# -- what a checkpoint holds ----------------------------------------------------------------------
+
+
+def step_payload(
+    *,
+    step: int,
+    loop: dict[str, Any],
+    smoothed: dict[str, Any],
+    optim: dict[str, Any],
+    optimizer_args: dict[str, Any],
+    rng: list[dict[str, Any]],
+    shape: dict[str, Any],
+    config: dict[str, Any],
+    versions: dict[str, str],
+) -> dict[str, Any]:
+    """A step checkpoint: everything the next step depends on (see the module's docstring), with
+    the param store as it is now. ``loop`` is the loop's state as plain values, ``rng`` every
+    rank's RNG state (rank 0's first)."""
+    import pyro
+
+    return {
+        "format": FORMAT,
+        "step": step,
+        "loop": loop,
+        "smoothed": smoothed,
+        "param_store": pyro.get_param_store().get_state(),
+        "optim": optim,
+        "optimizer_args": optimizer_args,
+        "rng": rng,
+        "shape": shape,
+        "config": config,
+        "versions": versions,
+    }
+
+
+def best_payload(
+    *,
+    step: int | None,
+    monitor: str | None,
+    value: float | None,
+    param_store: dict[str, Any],
+    config: dict[str, Any],
+    versions: dict[str, str],
+) -> dict[str, Any]:
+    """best.pt's contents: the parameters at the monitor's best ``value`` (at ``step``) only."""
+    return {
+        "format": FORMAT,
+        "kind": "best",
+        "step": step,
+        "monitor": monitor,
+        "value": value,
+        "param_store": param_store,
+        "config": config,
+        "versions": versions,
+    }
+
+
+def rng_of_rank(payload: dict[str, Any], rank: int) -> dict[str, Any]:
+    """The RNG state that ``rank`` resumes with: its own (ranks draw the same samples); a rank the
+    saved run did not have takes rank 0's."""
+    rng = payload["rng"]
+    return rng[rank] if rank < len(rng) else rng[0]
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read one checkpoint file; a corrupt, truncated or foreign file raises a clear error."""
     try:

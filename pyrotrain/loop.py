@@ -23,7 +23,6 @@ from typing import Any
 
 import pyro
 import torch
-from pyro.poutine.messenger import Messenger
 from rich.markup import escape
 
 from .build import Run, build, torch_defaults
@@ -32,6 +31,7 @@ from .evaluation import Evaluation
 from .io import save_params, write_json
 from .metrics import MetricsSinks, ProgressDisplay, SmoothedLoss, screen
 from .optim.rows import TouchedRows, densify
+from .params import CollectParams, create_params, load_param_values
 from .registry import describe_exception
 
 
@@ -91,39 +91,6 @@ class _StopSignals:
             signal.signal(s, handler)
 
 
-class _CollectParams(Messenger):
-    """The unconstrained tensor of every ``pyro.param`` a step touches: what ``SVI.step`` gets
-    from ``poutine.trace(param_only=True)``, without building a trace (a dict copy per access).
-
-    As in a trace, the last value seen under a name wins: a PyroModule setting up its parameters
-    replaces the store's first tensor for a name with an ``nn.Parameter``. ``rows`` notes the
-    rows of each parameter that subsampled plates took (for sparse groups).
-    """
-
-    def __enter__(self) -> _CollectParams:
-        self._values: dict[str, torch.Tensor] = {}
-        self.rows = TouchedRows()
-        return super().__enter__()
-
-    def _pyro_post_param(self, msg: dict) -> None:
-        self._values[msg["name"]] = msg["value"]
-        # A plate inside this messenger subsamples the value after this point; the message's
-        # continuation runs after every messenger, and sees the rows it took.
-        then = msg["continuation"]
-
-        def record(msg: dict) -> None:
-            if then is not None:
-                then(msg)
-            self.rows.record(msg)
-
-        msg["continuation"] = record
-
-    @property
-    def params(self) -> set[torch.Tensor]:
-        # the param store's constrained values carry their unconstrained tensor (set by Pyro)
-        return {v.unconstrained() for v in self._values.values()}  # type: ignore[attr-defined]
-
-
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -154,41 +121,6 @@ def batch_of(run: Run, index: torch.Tensor) -> dict[str, Any]:
     if accepted is not None:
         batch = {k: v for k, v in batch.items() if k in accepted}
     return batch
-
-
-def create_params(run: Run, index: torch.Tensor) -> set[torch.Tensor]:
-    """Create the run's parameters as a fresh run's first step does, and return them.
-
-    Models and guides create their parameters lazily (autoguides drawing random numbers as they
-    do, ``pyro.module`` registering the module's own tensors), so one ELBO evaluation on the rows
-    ``index`` creates them; saved values are then copied into those very tensors.
-    """
-    with _CollectParams() as capture, torch.no_grad():
-        run.elbo.loss(run.model, run.guide, **batch_of(run, index))
-    return capture.params
-
-
-def load_param_values(saved: dict[str, Any], key: str, source: str | None) -> None:
-    """Copy a saved param store state (``get_state()``) into the current store's tensors; names
-    the store does not hold yet are added. A shape that differs is a PyrotrainError on ``key``."""
-    store = pyro.get_param_store()
-    current = dict(store.named_parameters())
-    with torch.no_grad():
-        for name, value in saved["params"].items():
-            if name in current:
-                if current[name].shape != value.shape:
-                    raise PyrotrainError(
-                        f"parameter '{name}' has shape {tuple(current[name].shape)} in this "
-                        f"run and {tuple(value.shape)} in {source}",
-                        key=key,
-                        value=source,
-                    )
-                current[name].copy_(value)
-    later = {n: v for n, v in saved["params"].items() if n not in current}
-    if later:  # created after the first step in the saved run: they come from the store
-        store.set_state(
-            {"params": later, "constraints": {n: saved["constraints"][n] for n in later}}
-        )
 
 
 class Trainer:
@@ -386,7 +318,7 @@ class Trainer:
             if invalid is not None:
                 continue
             try:
-                with _CollectParams() as capture:
+                with CollectParams() as capture:
                     losses += float(self._loss_and_grads(self._batch(index), first))
             except ValueError as e:
                 if first or "found invalid values" not in str(e):
@@ -518,7 +450,7 @@ class Trainer:
 
     def _checkpoint(self, metrics: MetricsSinks) -> None:
         """Every rank hands in its RNG state; rank 0 writes the checkpoint."""
-        from .checkpoint import FORMAT, get_rng_state, save_checkpoint
+        from .checkpoint import best_payload, get_rng_state, save_checkpoint, step_payload
 
         run = self.run
         rng = run.backend.gather_object(get_rng_state())
@@ -529,33 +461,27 @@ class Trainer:
         if self.evaluation.best_state is not None:  # before the step's checkpoint, naming it
             from .checkpoint import save_best
 
-            save_best(
-                {
-                    "format": FORMAT,
-                    "kind": "best",
-                    "step": self.state.best_step,
-                    "monitor": self.settings.early_stopping.monitor,
-                    "value": self.state.best_value,
-                    "param_store": self.evaluation.best_state,
-                    "config": run.config.plain,
-                    "versions": versions(),
-                },
-                self.run_dir,
+            best = best_payload(
+                step=self.state.best_step,
+                monitor=self.settings.early_stopping.monitor,
+                value=self.state.best_value,
+                param_store=self.evaluation.best_state,
+                config=run.config.plain,
+                versions=versions(),
             )
+            save_best(best, self.run_dir)
             self.evaluation.best_state = None
-        payload = {
-            "format": FORMAT,
-            "step": self.state.step,
-            "loop": dataclasses.asdict(self.state),
-            "smoothed": self.smoothed.state_dict(),
-            "param_store": pyro.get_param_store().get_state(),
-            "optim": run.stack.state_dict(),
-            "optimizer_args": run.stack.optimizer_args(),
-            "rng": rng,
-            "shape": run.shape,
-            "config": run.config.plain,
-            "versions": versions(),
-        }
+        payload = step_payload(
+            step=self.state.step,
+            loop=dataclasses.asdict(self.state),
+            smoothed=self.smoothed.state_dict(),
+            optim=run.stack.state_dict(),
+            optimizer_args=run.stack.optimizer_args(),
+            rng=rng,
+            shape=run.shape,
+            config=run.config.plain,
+            versions=versions(),
+        )
         save_checkpoint(payload, self.run_dir, self.settings.keep_checkpoints)
 
     def _restore(self, payload: dict[str, Any], index: torch.Tensor) -> None:
@@ -566,10 +492,10 @@ class Trainer:
         the first batch creates them as in a fresh run; the saved values are then copied into
         those very tensors, and the optimizer state and random number generators restored.
         """
-        from .checkpoint import set_rng_state
+        from .checkpoint import rng_of_rank, set_rng_state
 
         run = self.run
-        params = create_params(run, index)
+        params = create_params(run, batch_of(run, index))
         where = str(run.resume[0]) if run.resume else None
         load_param_values(payload["param_store"], "trainer.resume", where)
         run.stack.assign(params)
@@ -579,10 +505,7 @@ class Trainer:
             for group, keys in changed.items():
                 for key, (was, now) in keys.items():
                     self.console.print(f"{self._tag}resume: group {group} {key} {was} -> {now}")
-        # Every rank's RNG state (ranks draw the same samples); a rank the saved run did not
-        # have takes rank 0's.
-        rng = payload["rng"]
-        set_rng_state(rng[run.backend.rank] if run.backend.rank < len(rng) else rng[0])
+        set_rng_state(rng_of_rank(payload, run.backend.rank))
 
     def _non_finite(self, step: int, loss: float, bad: list[str], invalid: str | None) -> None:
         """Apply ``trainer.nan_policy`` to a step whose loss or gradients are not finite

@@ -76,7 +76,8 @@ def load_run(run_dir: str | Path, checkpoint: str | None = None) -> Any:
     """The run in ``run_dir`` rebuilt in this process, its parameters in the Pyro param store."""
     from ..build import build, torch_defaults
     from ..config import parse_config
-    from ..loop import create_params, load_param_values
+    from ..loop import batch_of
+    from ..params import create_params, load_param_values
 
     run_dir = Path(run_dir).expanduser()
     config_file = run_dir / ".hydra" / "config.yaml"
@@ -107,6 +108,6 @@ def load_run(run_dir: str | Path, checkpoint: str | None = None) -> Any:
     with torch_defaults(run.dtype, run.device):
         pyro.set_rng_seed(config.seed)
         first = next(iter(run.order))[1]
-        create_params(run, first)
+        create_params(run, batch_of(run, first))
         load_param_values(saved, "--checkpoint", str(source))
     return run
