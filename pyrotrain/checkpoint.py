@@ -13,11 +13,12 @@ directory), so a crash or SIGKILL during a write leaves the previous checkpoints
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -25,6 +26,7 @@ from .errors import PyrotrainError
 from .io import atomic_write, remove_stale_temporaries, write_text
 
 FORMAT = 1
+_State = TypeVar("_State")
 DIRNAME = "checkpoints"
 BEST = "best.pt"
 _NAME = re.compile(r"^step-(\d+)\.pt$")
@@ -124,6 +126,22 @@ def best_payload(
         "config": config,
         "versions": versions,
     }
+
+
+def loop_entry(*states: Any) -> dict[str, Any]:
+    """A checkpoint's ``loop``: the loop's state and the early-stopping monitor's (dataclasses),
+    as one dict of their fields, as checkpoints of format 1 have always held them."""
+    entry: dict[str, Any] = {}
+    for state in states:
+        entry.update(dataclasses.asdict(state))
+    return entry
+
+
+def from_loop_entry(cls: type[_State], entry: dict[str, Any]) -> _State:
+    """The state ``cls`` (a dataclass) restored from a checkpoint's ``loop``: its own fields, the
+    defaults for those an older checkpoint lacks."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in entry.items() if k in names})
 
 
 def rng_of_rank(payload: dict[str, Any], rank: int) -> dict[str, Any]:

@@ -9,7 +9,8 @@ that evaluates trains exactly as one that does not.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import pyro
 import torch
@@ -18,8 +19,17 @@ from pyro.util import get_rng_state, set_rng_state
 from .build import Run
 from .errors import PyrotrainError
 
-if TYPE_CHECKING:
-    from .loop import LoopState
+
+@dataclass
+class EarlyStoppingState:
+    """``trainer.early_stopping``'s monitor: the best value and its step, the checks since it
+    improved, and the step it stopped the run at. The loop holds it and saves it in checkpoints,
+    so a resumed run stops where a straight one does."""
+
+    best_value: float | None = None
+    best_step: int | None = None
+    bad_checks: int = 0
+    stopped_early_at: int | None = None
 
 
 class Evaluation:
@@ -37,7 +47,7 @@ class Evaluation:
         #: the monitor's best parameters since the last checkpoint, not yet in best.pt
         self.best_state: dict[str, Any] | None = None
 
-    def best(self, state: LoopState) -> dict[str, Any] | None:
+    def best(self, state: EarlyStoppingState) -> dict[str, Any] | None:
         """The summary's ``best``: the monitor, its best value and that value's step."""
         monitor = self.settings.early_stopping.monitor
         if monitor is None or state.best_step is None:
@@ -90,9 +100,9 @@ class Evaluation:
             keys = [monitor]
         return f"{keys[0]} {row[keys[0]]:.4g}" if keys else ""
 
-    def monitor(self, step: int, row: dict[str, Any], state: LoopState) -> bool:
-        """Track trainer.early_stopping's monitor on a logging step; True: stop now. Rank 0
-        decides (every rank computes the same values) and the others follow."""
+    def monitor(self, step: int, row: dict[str, Any], state: EarlyStoppingState) -> bool:
+        """Track trainer.early_stopping's monitor on a logging step in ``state``; True: stop now.
+        Rank 0 decides (every rank computes the same values) and the others follow."""
         rule = self.settings.early_stopping
         if rule.monitor is None or rule.monitor not in row and not rule.monitor.startswith("eval/"):
             return False

@@ -8,7 +8,6 @@ progress happen on logging steps only; checkpoints on checkpoint steps (rank 0 w
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import platform
@@ -26,8 +25,21 @@ import torch
 from rich.markup import escape
 
 from .build import Run, build, torch_defaults
+from .checkpoint import (
+    best_payload,
+    from_loop_entry,
+    get_rng_state,
+    list_checkpoints,
+    loop_entry,
+    prune_metrics,
+    rng_of_rank,
+    save_best,
+    save_checkpoint,
+    set_rng_state,
+    step_payload,
+)
 from .errors import PyrotrainError, TrainingStopped
-from .evaluation import Evaluation
+from .evaluation import EarlyStoppingState, Evaluation
 from .io import save_params, write_json
 from .metrics import MetricsSinks, ProgressDisplay, SmoothedLoss, screen
 from .optim.rows import TouchedRows, densify
@@ -44,11 +56,6 @@ class LoopState:
     epoch_losses: list[float] = field(default_factory=list)
     skipped: int = 0  # non-finite steps skipped
     bad_in_a_row: int = 0
-    # trainer.early_stopping's monitor: the best value and its step, checks since it improved
-    best_value: float | None = None
-    best_step: int | None = None
-    bad_checks: int = 0
-    stopped_early_at: int | None = None
 
 
 @dataclass
@@ -145,6 +152,7 @@ class Trainer:
         self.settings = run.config.trainer
         self.accumulate = self.settings.accumulate_grad_batches
         self.state = LoopState()
+        self.early = EarlyStoppingState()
         self.smoothed = SmoothedLoss(self.settings.smoothing)
         self._last_params: set[torch.Tensor] = set()
         self._epoch_of_last_batch = 0
@@ -198,11 +206,11 @@ class Trainer:
                     window = _Window(time.perf_counter())
                     if self.on_log is not None:
                         self.on_log(row)
-                    early = self.evaluation.monitor(step, row, self.state)
+                    early = self.evaluation.monitor(step, row, self.early)
                 if stop and step < total:  # at the last step, finishing is quicker
                     self._stop(stop, signals.signum, metrics)
                 if early:
-                    self.state.stopped_early_at = step
+                    self.early.stopped_early_at = step
                 if (
                     (t.checkpoint_every and step % t.checkpoint_every == 0)
                     or step == total
@@ -235,7 +243,8 @@ class Trainer:
         batches = iter(run.order)
         if run.resume is not None:
             _, payload = run.resume
-            self.state = LoopState(**payload["loop"])
+            self.state = from_loop_entry(LoopState, payload["loop"])
+            self.early = from_loop_entry(EarlyStoppingState, payload["loop"])
             self.smoothed.load_state_dict(payload["smoothed"])
             was = payload["shape"].get("world_size", run.backend.size)
             if was != run.backend.size:
@@ -254,8 +263,6 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             # Rows after the checkpoint (all rows, when auto found none) are about to be redone.
             if self.settings.resume is not None:
-                from .checkpoint import prune_metrics
-
                 prune_metrics(self.run_dir / "metrics.jsonl", self.state.step)
         return batches
 
@@ -415,7 +422,7 @@ class Trainer:
         timed_steps, timed = (done - 1, end - after_first) if done > 1 else (1, wall)
         rows_per_step = run.order.batch_size or run.order.rows_per_rank
         samples_per_rank = timed_steps * self.accumulate * rows_per_step / timed
-        best = self.evaluation.best(self.state)
+        best = self.evaluation.best(self.early)
         finite = math.isfinite(self.smoothed.value)
         return {
             # Every step skipped as non-finite (trainer.nan_policy skip or reduce_lr) is no result.
@@ -428,7 +435,7 @@ class Trainer:
             "final_loss": loss,
             "smoothed_loss": self.smoothed.value,
             "steps": self.state.step,
-            "stopped_early_at": self.state.stopped_early_at,
+            "stopped_early_at": self.early.stopped_early_at,
             "best": best,
             "epochs": math.ceil(self.state.step / run.steps_per_epoch),
             "resumed_from_step": first - 1 if run.resume is not None else None,
@@ -450,8 +457,6 @@ class Trainer:
 
     def _checkpoint(self, metrics: MetricsSinks) -> None:
         """Every rank hands in its RNG state; rank 0 writes the checkpoint."""
-        from .checkpoint import best_payload, get_rng_state, save_checkpoint, step_payload
-
         run = self.run
         rng = run.backend.gather_object(get_rng_state())
         if not self.writes:
@@ -459,12 +464,10 @@ class Trainer:
         assert self.run_dir is not None
         metrics.flush()
         if self.evaluation.best_state is not None:  # before the step's checkpoint, naming it
-            from .checkpoint import save_best
-
             best = best_payload(
-                step=self.state.best_step,
+                step=self.early.best_step,
                 monitor=self.settings.early_stopping.monitor,
-                value=self.state.best_value,
+                value=self.early.best_value,
                 param_store=self.evaluation.best_state,
                 config=run.config.plain,
                 versions=versions(),
@@ -473,7 +476,7 @@ class Trainer:
             self.evaluation.best_state = None
         payload = step_payload(
             step=self.state.step,
-            loop=dataclasses.asdict(self.state),
+            loop=loop_entry(self.state, self.early),
             smoothed=self.smoothed.state_dict(),
             optim=run.stack.state_dict(),
             optimizer_args=run.stack.optimizer_args(),
@@ -492,8 +495,6 @@ class Trainer:
         the first batch creates them as in a fresh run; the saved values are then copied into
         those very tensors, and the optimizer state and random number generators restored.
         """
-        from .checkpoint import rng_of_rank, set_rng_state
-
         run = self.run
         params = create_params(run, batch_of(run, index))
         where = str(run.resume[0]) if run.resume else None
@@ -520,8 +521,6 @@ class Trainer:
         state.skipped += 1
         state.bad_in_a_row += 1
         if t.nan_policy == "stop" or state.bad_in_a_row > t.max_bad_steps:
-            from .checkpoint import list_checkpoints
-
             saved = list_checkpoints(self.run_dir) if self.run_dir else []
             why = (
                 f"after {t.max_bad_steps} non-finite steps in a row"
