@@ -3,8 +3,9 @@
 A checkpoint is one ``torch.save`` file, ``checkpoints/step-00000010.pt`` in the run directory,
 holding everything the next step depends on: the Pyro param store, every group's optimizer and
 scheduler state, the step and the number of minibatches consumed (the position in the seeded data
-order), the loop's own state (smoothed loss, the epoch's losses, the count of skipped steps), the
-RNG states of every rank (torch, python, numpy, CUDA) and the config it was trained with.
+order), the loop's own state (smoothed loss, the epoch's losses, the count of skipped steps) and
+the early-stopping monitor's, the RNG states of every rank (torch, python, numpy, CUDA:
+:mod:`pyrotrain.rng`) and the config it was trained with.
 
 Files are written atomically (:mod:`pyrotrain.io`: temporary file, fsync, rename, fsync of the
 directory), so a crash or SIGKILL during a write leaves the previous checkpoints intact; the last
@@ -340,24 +341,6 @@ def check_run_dir(run_dir: Path, resume: str | None) -> None:
         hint="Resume into another directory (hydra.run.dir=...), or continue the run that is "
         "there with trainer.resume=auto",
     )
-
-
-def get_rng_state() -> dict[str, Any]:
-    """Every random number generator a step may draw from, in this process."""
-    import pyro.util
-
-    state = pyro.util.get_rng_state()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    import pyro.util
-
-    pyro.util.set_rng_state({k: state[k] for k in ("torch", "random", "numpy")})
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def prune_metrics(path: Path, last_step: int) -> None:

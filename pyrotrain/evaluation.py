@@ -14,10 +14,10 @@ from typing import Any
 
 import pyro
 import torch
-from pyro.util import get_rng_state, set_rng_state
 
 from .build import Run
 from .errors import PyrotrainError
+from .rng import rng_kept
 
 
 @dataclass
@@ -61,11 +61,8 @@ class Evaluation:
         objective = self.settings.objective
         if not objective.startswith("eval."):
             return
-        rng = get_rng_state()
-        try:
+        with rng_kept():
             evaluation = self.final()
-        finally:
-            set_rng_state(rng)
         objective_value({"eval": evaluation}, objective)
 
     def final(self) -> dict[str, Any] | None:
@@ -82,13 +79,8 @@ class Evaluation:
     def during_training(self) -> dict[str, float]:
         """``eval/METRIC`` of the model's evaluate now, leaving the training's RNG as it was (so
         that evaluating changes nothing a run without it would do)."""
-        from .checkpoint import get_rng_state, set_rng_state
-
-        rng = get_rng_state()
-        try:
+        with rng_kept():
             result = self.final() or {}
-        finally:
-            set_rng_state(rng)
         # Floats only: counts (n, horizon) are not metrics.
         return {f"eval/{k}": v for k, v in result.items() if isinstance(v, float)}
 

@@ -28,14 +28,12 @@ from .build import Run, build, torch_defaults
 from .checkpoint import (
     best_payload,
     from_loop_entry,
-    get_rng_state,
     list_checkpoints,
     loop_entry,
     prune_metrics,
     rng_of_rank,
     save_best,
     save_checkpoint,
-    set_rng_state,
     step_payload,
 )
 from .errors import PyrotrainError, TrainingStopped
@@ -45,6 +43,7 @@ from .metrics import MetricsSinks, ProgressDisplay, SmoothedLoss, screen
 from .optim.rows import TouchedRows, densify
 from .params import CollectParams, create_params, load_param_values
 from .registry import describe_exception
+from .rng import get_rng_state, set_rng_state
 
 
 @dataclass
