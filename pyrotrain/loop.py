@@ -164,7 +164,7 @@ class Trainer:
             return self._fit(signals)
 
     def _fit(self, signals: _StopSignals) -> dict[str, Any]:
-        run, t = self.run, self.settings
+        run, settings = self.run, self.settings
         pyro.set_rng_seed(run.config.seed)
         batches = self._start()
         total, first = run.total_steps, self.state.step + 1
@@ -172,7 +172,7 @@ class Trainer:
             self.run_dir if self.writes else None, run.config.logger.names, run.config
         )
         display = ProgressDisplay(
-            total, t.progress if run.backend.is_main else "none", self.console, self.label
+            total, settings.progress if run.backend.is_main else "none", self.console, self.label
         )
         window = _Window(time.perf_counter())
         start = after_first = window.start
@@ -182,8 +182,10 @@ class Trainer:
                 if step == first + 1:  # throughput leaves out the first step's one-time setup
                     after_first = time.perf_counter()
                     window.start, window.steps, window.samples = after_first, 0, 0
-                evals = t.eval_every is not None and (step % t.eval_every == 0 or step == total)
-                logs = step % t.log_every == 0 or step == total or evals
+                evals = settings.eval_every is not None and (
+                    step % settings.eval_every == 0 or step == total
+                )
+                logs = step % settings.log_every == 0 or step == total or evals
                 loss, rows, norms, stop = self._step(step, first, logs, batches, signals, window)
                 if step == first:
                     self.evaluation.check_objective()
@@ -211,7 +213,7 @@ class Trainer:
                 if early:
                     self.early.stopped_early_at = step
                 if (
-                    (t.checkpoint_every and step % t.checkpoint_every == 0)
+                    (settings.checkpoint_every and step % settings.checkpoint_every == 0)
                     or step == total
                     or early
                 ):
@@ -510,7 +512,7 @@ class Trainer:
     def _non_finite(self, step: int, loss: float, bad: list[str], invalid: str | None) -> None:
         """Apply ``trainer.nan_policy`` to a step whose loss or gradients are not finite
         (``invalid``: a distribution refused a non-finite argument on this rank)."""
-        t, state = self.settings, self.state
+        settings, state = self.settings, self.state
         if bad:
             where = f"the gradient of group {', '.join(repr(b) for b in bad)}"
         elif invalid:
@@ -519,11 +521,11 @@ class Trainer:
             where = f"the loss ({loss})"
         state.skipped += 1
         state.bad_in_a_row += 1
-        if t.nan_policy == "stop" or state.bad_in_a_row > t.max_bad_steps:
+        if settings.nan_policy == "stop" or state.bad_in_a_row > settings.max_bad_steps:
             saved = list_checkpoints(self.run_dir) if self.run_dir else []
             why = (
-                f"after {t.max_bad_steps} non-finite steps in a row"
-                if t.nan_policy != "stop"
+                f"after {settings.max_bad_steps} non-finite steps in a row"
+                if settings.nan_policy != "stop"
                 else "(trainer.nan_policy=stop)"
             )
             fixes = (
@@ -541,11 +543,15 @@ class Trainer:
                 exit_code=1,
                 hint=hint,
             )
-        if t.nan_policy == "reduce_lr":
+        if settings.nan_policy == "reduce_lr":
             groups = bad or list(self.run.stack.lrs())
-            self.run.stack.scale_lr(groups, t.nan_lr_factor)
+            self.run.stack.scale_lr(groups, settings.nan_lr_factor)
         if self.run.backend.is_main:
-            action = "skipped" if t.nan_policy == "skip" else f"skipped, lr x{t.nan_lr_factor}"
+            action = (
+                "skipped"
+                if settings.nan_policy == "skip"
+                else f"skipped, lr x{settings.nan_lr_factor}"
+            )
             message = f"step {step}: {where} is not finite; {action}"
             self.console.print(f"{self._tag}[yellow]{escape(message)}[/]")
 
