@@ -25,6 +25,8 @@ import torch
 
 from .errors import PyrotrainError
 from .io import atomic_write, remove_stale_temporaries, write_text
+from .params import create_params, load_param_values
+from .rng import set_rng_state
 
 FORMAT = 1
 _State = TypeVar("_State")
@@ -75,6 +77,26 @@ def save_best(payload: dict[str, Any], run_dir: Path) -> Path:
 # -- what a checkpoint holds ----------------------------------------------------------------------
 
 
+def versions() -> dict[str, str]:
+    """The versions of pyrotrain and what it runs on, as summary.json and checkpoints record."""
+    import platform
+
+    import hydra
+    import omegaconf
+    import pyro
+
+    from .version import __version__
+
+    return {
+        "pyrotrain": __version__,
+        "pyro": pyro.__version__,
+        "torch": torch.__version__,
+        "hydra": hydra.__version__,
+        "omegaconf": omegaconf.__version__,
+        "python": platform.python_version(),
+    }
+
+
 def step_payload(
     *,
     step: int,
@@ -85,7 +107,6 @@ def step_payload(
     rng: list[dict[str, Any]],
     shape: dict[str, Any],
     config: dict[str, Any],
-    versions: dict[str, str],
 ) -> dict[str, Any]:
     """A step checkpoint: everything the next step depends on (see the module's docstring), with
     the param store as it is now. ``loop`` is the loop's state as plain values, ``rng`` every
@@ -103,7 +124,7 @@ def step_payload(
         "rng": rng,
         "shape": shape,
         "config": config,
-        "versions": versions,
+        "versions": versions(),
     }
 
 
@@ -114,7 +135,6 @@ def best_payload(
     value: float | None,
     param_store: dict[str, Any],
     config: dict[str, Any],
-    versions: dict[str, str],
 ) -> dict[str, Any]:
     """best.pt's contents: the parameters at the monitor's best ``value`` (at ``step``) only."""
     return {
@@ -125,7 +145,7 @@ def best_payload(
         "value": value,
         "param_store": param_store,
         "config": config,
-        "versions": versions,
+        "versions": versions(),
     }
 
 
@@ -229,6 +249,25 @@ def find_resume(resume: str, run_dir: Path | None) -> tuple[Path, dict[str, Any]
         key="trainer.resume",
         value=resume,
     )
+
+
+def restore(run: Any, payload: dict[str, Any], batch: dict[str, Any]) -> dict[str, Any]:
+    """Load a checkpoint's state into the param store, ``run``'s stack and the RNGs; returns the
+    optimizer arguments that differ from the checkpoint's (group -> key -> (was, now)).
+
+    Models and guides create their parameters lazily (autoguides drawing random numbers as they
+    do, ``pyro.module`` registering the module's own tensors), so one ELBO evaluation on the first
+    ``batch`` creates them as in a fresh run; the saved values are then copied into those very
+    tensors, and the optimizer state and random number generators restored.
+    """
+    params = create_params(run, batch)
+    where = str(run.resume[0]) if run.resume else None
+    load_param_values(payload["param_store"], "trainer.resume", where)
+    run.stack.assign(params)
+    run.stack.load_state_dict(payload["optim"])
+    changed = run.stack.apply_changed_args(payload["optimizer_args"])
+    set_rng_state(rng_of_rank(payload, run.backend.rank))
+    return changed
 
 
 # -- what must match between a checkpoint and the config resuming it ------------------------------

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
-import platform
 import signal
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,19 +28,21 @@ from .checkpoint import (
     list_checkpoints,
     loop_entry,
     prune_metrics,
-    rng_of_rank,
+    restore,
     save_best,
     save_checkpoint,
     step_payload,
+    versions,
 )
 from .errors import PyrotrainError, TrainingStopped
 from .evaluation import EarlyStoppingState, Evaluation
 from .io import save_params, write_json
-from .metrics import MetricsSinks, ProgressDisplay, SmoothedLoss, screen
+from .metrics import MetricsSinks, ProgressDisplay, SmoothedLoss, Window, screen
 from .optim.rows import TouchedRows, densify
-from .params import CollectParams, create_params, load_param_values
+from .params import CollectParams
 from .registry import describe_exception
-from .rng import get_rng_state, set_rng_state
+from .rng import get_rng_state
+from .signals import StopSignals
 
 
 @dataclass
@@ -57,64 +56,8 @@ class LoopState:
     bad_in_a_row: int = 0
 
 
-@dataclass
-class _Window:
-    """Throughput and mean loss since the last metrics row."""
-
-    start: float
-    samples: int = 0
-    steps: int = 0
-    losses: list[float] = field(default_factory=list)
-
-
-class _StopSignals:
-    """SIGINT and SIGTERM ask the loop to stop after the current step (``signum`` says which);
-    a second SIGINT stops at once. Handlers exist only while training, in the main thread."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signum = 0
-        self._old: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        sys.stderr.write(
-            f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
-            "(Ctrl-C again stops at once)\n"
-        )
-
-    def __enter__(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for s in self.SIGNALS:
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, handler in self._old.items():
-            signal.signal(s, handler)
-
-
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
-
-
-def versions() -> dict[str, str]:
-    import hydra
-    import omegaconf
-
-    from . import __version__
-
-    return {
-        "pyrotrain": __version__,
-        "pyro": pyro.__version__,
-        "torch": torch.__version__,
-        "hydra": hydra.__version__,
-        "omegaconf": omegaconf.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def batch_of(run: Run, index: torch.Tensor) -> dict[str, Any]:
@@ -160,10 +103,10 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train to the run's last step; return the summary (also written as summary.json)."""
         run = self.run
-        with torch_defaults(run.dtype, run.device), _StopSignals() as signals:
+        with torch_defaults(run.dtype, run.device), StopSignals() as signals:
             return self._fit(signals)
 
-    def _fit(self, signals: _StopSignals) -> dict[str, Any]:
+    def _fit(self, signals: StopSignals) -> dict[str, Any]:
         run, settings = self.run, self.settings
         pyro.set_rng_seed(run.config.seed)
         batches = self._start()
@@ -174,7 +117,7 @@ class Trainer:
         display = ProgressDisplay(
             total, settings.progress if run.backend.is_main else "none", self.console, self.label
         )
-        window = _Window(time.perf_counter())
+        window = Window(time.perf_counter())
         start = after_first = window.start
         loss = float("nan")
         try:
@@ -198,13 +141,15 @@ class Trainer:
                 early = False
                 if logs:
                     lrs = run.stack.lrs()
-                    row = self._metrics_row(step, lrs, norms, window, start)
+                    row = window.row(
+                        step, self._epoch_of_last_batch, self.smoothed.value, lrs, norms, start
+                    )
                     if evals:
                         row.update(self.evaluation.during_training())
                     metrics.write(row)
                     shown = self.evaluation.shown(row)
                     display.update(step, self.smoothed.value, lrs, row["steps_per_s"], shown)
-                    window = _Window(time.perf_counter())
+                    window = Window(time.perf_counter())
                     if self.on_log is not None:
                         self.on_log(row)
                     early = self.evaluation.monitor(step, row, self.early)
@@ -273,8 +218,8 @@ class Trainer:
         first: int,
         logs: bool,
         batches: Iterator[tuple[int, torch.Tensor]],
-        signals: _StopSignals,
-        window: _Window,
+        signals: StopSignals,
+        window: Window,
     ) -> tuple[float, int, dict[str, float], int]:
         """One optimizer step; returns the step's loss (the ranks' mean), the rows it saw on this
         rank, the gradient norms (on logging steps) and the ranks' stop code."""
@@ -389,28 +334,6 @@ class Trainer:
             )
         self.run.backend.broadcast_parameters(params)
 
-    def _metrics_row(
-        self,
-        step: int,
-        lrs: dict[str, float],
-        norms: dict[str, float],
-        window: _Window,
-        start: float,
-    ) -> dict[str, Any]:
-        now = time.perf_counter()
-        elapsed = max(now - window.start, 1e-9)
-        return {
-            "step": step,
-            "epoch": self._epoch_of_last_batch,
-            "loss": _mean(window.losses) if window.losses else float("nan"),
-            "smoothed_loss": self.smoothed.value,
-            **{f"lr/{k}": v for k, v in lrs.items()},
-            **{f"grad_norm/{k}": v for k, v in norms.items()},
-            "time": now - start,
-            "steps_per_s": window.steps / elapsed,
-            "samples_per_s": window.samples / elapsed,
-        }
-
     def _summary(
         self, loss: float, first: int, start: float, after_first: float, end: float
     ) -> dict[str, Any]:
@@ -471,7 +394,6 @@ class Trainer:
                 value=self.early.best_value,
                 param_store=self.evaluation.best_state,
                 config=run.config.plain,
-                versions=versions(),
             )
             save_best(best, self.run_dir)
             self.evaluation.best_state = None
@@ -484,30 +406,16 @@ class Trainer:
             rng=rng,
             shape=run.shape,
             config=run.config.plain,
-            versions=versions(),
         )
         save_checkpoint(payload, self.run_dir, self.settings.keep_checkpoints)
 
     def _restore(self, payload: dict[str, Any], index: torch.Tensor) -> None:
-        """Load a checkpoint's state into the param store, the stack and the RNGs.
-
-        Models and guides create their parameters lazily (autoguides drawing random numbers as
-        they do, ``pyro.module`` registering the module's own tensors), so one ELBO evaluation on
-        the first batch creates them as in a fresh run; the saved values are then copied into
-        those very tensors, and the optimizer state and random number generators restored.
-        """
-        run = self.run
-        params = create_params(run, batch_of(run, index))
-        where = str(run.resume[0]) if run.resume else None
-        load_param_values(payload["param_store"], "trainer.resume", where)
-        run.stack.assign(params)
-        run.stack.load_state_dict(payload["optim"])
-        changed = run.stack.apply_changed_args(payload["optimizer_args"])
-        if changed and run.backend.is_main:
+        """Load a checkpoint's state (:func:`pyrotrain.checkpoint.restore`) on the first batch."""
+        changed = restore(self.run, payload, batch_of(self.run, index))
+        if changed and self.run.backend.is_main:
             for group, keys in changed.items():
                 for key, (was, now) in keys.items():
                     self.console.print(f"{self._tag}resume: group {group} {key} {was} -> {now}")
-        set_rng_state(rng_of_rank(payload, run.backend.rank))
 
     def _non_finite(self, step: int, loss: float, bad: list[str], invalid: str | None) -> None:
         """Apply ``trainer.nan_policy`` to a step whose loss or gradients are not finite
