@@ -95,7 +95,7 @@ def build(cfg: RunConfig | DictConfig | dict[str, Any], run_dir: Path | None = N
     backend = create_backend(config.distributed)
     device = _resolve_device(trainer.device)
     dtype = getattr(torch, trainer.dtype)
-    data = _build_data(config.data, config.seed).to(device, dtype)
+    data = build_data(config.data, config.seed).to(device, dtype)
     batch_size = _batch_size(trainer.batch_size, data.size, backend)
 
     pyro.set_rng_seed(config.seed)  # models may draw their initial weights (nn.Linear) when built
@@ -236,7 +236,9 @@ def _scaled_rates(config: RunConfig, factor: float) -> list[GroupSpec]:
     return scaled
 
 
-def _build_data(data: Named, seed: int) -> Dataset:
+def build_data(data: Named, seed: int) -> Dataset:
+    """The dataset ``data`` names, as its loader returns it (the run then moves it to its device
+    and dtype); a loader that takes a ``seed`` gets the run's unless ``data`` sets one."""
     loader = DATASETS.get(data.name, "data.name")
     kwargs = dict(data.kwargs)
     if "seed" in inspect.signature(loader).parameters and "seed" not in kwargs:

@@ -3,8 +3,9 @@
 A checkpoint is one ``torch.save`` file, ``checkpoints/step-00000010.pt`` in the run directory,
 holding everything the next step depends on: the Pyro param store, every group's optimizer and
 scheduler state, the step and the number of minibatches consumed (the position in the seeded data
-order), the loop's own state (smoothed loss, the epoch's losses, the count of skipped steps), the
-RNG states of every rank (torch, python, numpy, CUDA) and the config it was trained with.
+order), the loop's own state (smoothed loss, the epoch's losses, the count of skipped steps) and
+the early-stopping monitor's, the RNG states of every rank (torch, python, numpy, CUDA:
+:mod:`pyrotrain.rng`) and the config it was trained with.
 
 Files are written atomically (:mod:`pyrotrain.io`: temporary file, fsync, rename, fsync of the
 directory), so a crash or SIGKILL during a write leaves the previous checkpoints intact; the last
@@ -13,18 +14,22 @@ directory), so a crash or SIGKILL during a write leaves the previous checkpoints
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from .errors import PyrotrainError
 from .io import atomic_write, remove_stale_temporaries, write_text
+from .params import create_params, load_param_values
+from .rng import set_rng_state
 
 FORMAT = 1
+_State = TypeVar("_State")
 DIRNAME = "checkpoints"
 BEST = "best.pt"
 _NAME = re.compile(r"^step-(\d+)\.pt$")
@@ -67,6 +72,104 @@ def save_best(payload: dict[str, Any], run_dir: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path.parent, BEST)
     return atomic_write(path, lambda f: torch.save(payload, f))
+
+
+# -- what a checkpoint holds ----------------------------------------------------------------------
+
+
+def versions() -> dict[str, str]:
+    """The versions of pyrotrain and what it runs on, as summary.json and checkpoints record."""
+    import platform
+
+    import hydra
+    import omegaconf
+    import pyro
+
+    from ._version import __version__
+
+    return {
+        "pyrotrain": __version__,
+        "pyro": pyro.__version__,
+        "torch": torch.__version__,
+        "hydra": hydra.__version__,
+        "omegaconf": omegaconf.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def step_payload(
+    *,
+    step: int,
+    loop: dict[str, Any],
+    smoothed: dict[str, Any],
+    optim: dict[str, Any],
+    optimizer_args: dict[str, Any],
+    rng: list[dict[str, Any]],
+    shape: dict[str, Any],
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    """A step checkpoint: everything the next step depends on (see the module's docstring), with
+    the param store as it is now. ``loop`` is the loop's state as plain values, ``rng`` every
+    rank's RNG state (rank 0's first)."""
+    import pyro
+
+    return {
+        "format": FORMAT,
+        "step": step,
+        "loop": loop,
+        "smoothed": smoothed,
+        "param_store": pyro.get_param_store().get_state(),
+        "optim": optim,
+        "optimizer_args": optimizer_args,
+        "rng": rng,
+        "shape": shape,
+        "config": config,
+        "versions": versions(),
+    }
+
+
+def best_payload(
+    *,
+    step: int | None,
+    monitor: str | None,
+    value: float | None,
+    param_store: dict[str, Any],
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    """best.pt's contents: the parameters at the monitor's best ``value`` (at ``step``) only."""
+    return {
+        "format": FORMAT,
+        "kind": "best",
+        "step": step,
+        "monitor": monitor,
+        "value": value,
+        "param_store": param_store,
+        "config": config,
+        "versions": versions(),
+    }
+
+
+def loop_entry(*states: Any) -> dict[str, Any]:
+    """A checkpoint's ``loop``: the loop's state and the early-stopping monitor's (dataclasses),
+    as one dict of their fields, as checkpoints of format 1 have always held them."""
+    entry: dict[str, Any] = {}
+    for state in states:
+        entry.update(dataclasses.asdict(state))
+    return entry
+
+
+def from_loop_entry(cls: type[_State], entry: dict[str, Any]) -> _State:
+    """The state ``cls`` (a dataclass) restored from a checkpoint's ``loop``: its own fields, the
+    defaults for those an older checkpoint lacks."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in entry.items() if k in names})
+
+
+def rng_of_rank(payload: dict[str, Any], rank: int) -> dict[str, Any]:
+    """The RNG state that ``rank`` resumes with: its own (ranks draw the same samples); a rank the
+    saved run did not have takes rank 0's."""
+    rng = payload["rng"]
+    return rng[rank] if rank < len(rng) else rng[0]
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -146,6 +249,25 @@ def find_resume(resume: str, run_dir: Path | None) -> tuple[Path, dict[str, Any]
         key="trainer.resume",
         value=resume,
     )
+
+
+def restore(run: Any, payload: dict[str, Any], batch: dict[str, Any]) -> dict[str, Any]:
+    """Load a checkpoint's state into the param store, ``run``'s stack and the RNGs; returns the
+    optimizer arguments that differ from the checkpoint's (group -> key -> (was, now)).
+
+    Models and guides create their parameters lazily (autoguides drawing random numbers as they
+    do, ``pyro.module`` registering the module's own tensors), so one ELBO evaluation on the first
+    ``batch`` creates them as in a fresh run; the saved values are then copied into those very
+    tensors, and the optimizer state and random number generators restored.
+    """
+    params = create_params(run, batch)
+    where = str(run.resume[0]) if run.resume else None
+    load_param_values(payload["param_store"], "trainer.resume", where)
+    run.stack.assign(params)
+    run.stack.load_state_dict(payload["optim"])
+    changed = run.stack.apply_changed_args(payload["optimizer_args"])
+    set_rng_state(rng_of_rank(payload, run.backend.rank))
+    return changed
 
 
 # -- what must match between a checkpoint and the config resuming it ------------------------------
@@ -258,24 +380,6 @@ def check_run_dir(run_dir: Path, resume: str | None) -> None:
         hint="Resume into another directory (hydra.run.dir=...), or continue the run that is "
         "there with trainer.resume=auto",
     )
-
-
-def get_rng_state() -> dict[str, Any]:
-    """Every random number generator a step may draw from, in this process."""
-    import pyro.util
-
-    state = pyro.util.get_rng_state()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    import pyro.util
-
-    pyro.util.set_rng_state({k: state[k] for k in ("torch", "random", "numpy")})
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def prune_metrics(path: Path, last_step: int) -> None:

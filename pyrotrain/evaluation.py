@@ -9,17 +9,27 @@ that evaluates trains exactly as one that does not.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import pyro
 import torch
-from pyro.util import get_rng_state, set_rng_state
 
 from .build import Run
 from .errors import PyrotrainError
+from .rng import rng_kept
 
-if TYPE_CHECKING:
-    from .loop import LoopState
+
+@dataclass
+class EarlyStoppingState:
+    """``trainer.early_stopping``'s monitor: the best value and its step, the checks since it
+    improved, and the step it stopped the run at. The loop holds it and saves it in checkpoints,
+    so a resumed run stops where a straight one does."""
+
+    best_value: float | None = None
+    best_step: int | None = None
+    bad_checks: int = 0
+    stopped_early_at: int | None = None
 
 
 class Evaluation:
@@ -37,7 +47,7 @@ class Evaluation:
         #: the monitor's best parameters since the last checkpoint, not yet in best.pt
         self.best_state: dict[str, Any] | None = None
 
-    def best(self, state: LoopState) -> dict[str, Any] | None:
+    def best(self, state: EarlyStoppingState) -> dict[str, Any] | None:
         """The summary's ``best``: the monitor, its best value and that value's step."""
         monitor = self.settings.early_stopping.monitor
         if monitor is None or state.best_step is None:
@@ -51,11 +61,8 @@ class Evaluation:
         objective = self.settings.objective
         if not objective.startswith("eval."):
             return
-        rng = get_rng_state()
-        try:
+        with rng_kept():
             evaluation = self.final()
-        finally:
-            set_rng_state(rng)
         objective_value({"eval": evaluation}, objective)
 
     def final(self) -> dict[str, Any] | None:
@@ -72,13 +79,8 @@ class Evaluation:
     def during_training(self) -> dict[str, float]:
         """``eval/METRIC`` of the model's evaluate now, leaving the training's RNG as it was (so
         that evaluating changes nothing a run without it would do)."""
-        from .checkpoint import get_rng_state, set_rng_state
-
-        rng = get_rng_state()
-        try:
+        with rng_kept():
             result = self.final() or {}
-        finally:
-            set_rng_state(rng)
         # Floats only: counts (n, horizon) are not metrics.
         return {f"eval/{k}": v for k, v in result.items() if isinstance(v, float)}
 
@@ -90,9 +92,9 @@ class Evaluation:
             keys = [monitor]
         return f"{keys[0]} {row[keys[0]]:.4g}" if keys else ""
 
-    def monitor(self, step: int, row: dict[str, Any], state: LoopState) -> bool:
-        """Track trainer.early_stopping's monitor on a logging step; True: stop now. Rank 0
-        decides (every rank computes the same values) and the others follow."""
+    def monitor(self, step: int, row: dict[str, Any], state: EarlyStoppingState) -> bool:
+        """Track trainer.early_stopping's monitor on a logging step in ``state``; True: stop now.
+        Rank 0 decides (every rank computes the same values) and the others follow."""
         rule = self.settings.early_stopping
         if rule.monitor is None or rule.monitor not in row and not rule.monitor.startswith("eval/"):
             return False

@@ -8,13 +8,9 @@ progress happen on logging steps only; checkpoints on checkpoint steps (rank 0 w
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
-import platform
 import signal
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,17 +19,31 @@ from typing import Any
 
 import pyro
 import torch
-from pyro.poutine.messenger import Messenger
 from rich.markup import escape
 
 from .build import Run, build, torch_defaults
+from .checkpoint import (
+    best_payload,
+    from_loop_entry,
+    list_checkpoints,
+    loop_entry,
+    prune_metrics,
+    restore,
+    save_best,
+    save_checkpoint,
+    step_payload,
+    versions,
+)
 from .console import screen
 from .errors import PyrotrainError, TrainingStopped
-from .evaluation import Evaluation
+from .evaluation import EarlyStoppingState, Evaluation
 from .io import save_params, write_json
-from .metrics import MetricsSinks, ProgressDisplay, SmoothedLoss
+from .metrics import MetricsSinks, ProgressDisplay, SmoothedLoss, Window
 from .optim.rows import TouchedRows, densify
+from .params import CollectParams
 from .registry import describe_exception
+from .rng import get_rng_state
+from .signals import StopSignals
 
 
 @dataclass
@@ -45,104 +55,10 @@ class LoopState:
     epoch_losses: list[float] = field(default_factory=list)
     skipped: int = 0  # non-finite steps skipped
     bad_in_a_row: int = 0
-    # trainer.early_stopping's monitor: the best value and its step, checks since it improved
-    best_value: float | None = None
-    best_step: int | None = None
-    bad_checks: int = 0
-    stopped_early_at: int | None = None
-
-
-@dataclass
-class _Window:
-    """Throughput and mean loss since the last metrics row."""
-
-    start: float
-    samples: int = 0
-    steps: int = 0
-    losses: list[float] = field(default_factory=list)
-
-
-class _StopSignals:
-    """SIGINT and SIGTERM ask the loop to stop after the current step (``signum`` says which);
-    a second SIGINT stops at once. Handlers exist only while training, in the main thread."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signum = 0
-        self._old: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        sys.stderr.write(
-            f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
-            "(Ctrl-C again stops at once)\n"
-        )
-
-    def __enter__(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for s in self.SIGNALS:
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, handler in self._old.items():
-            signal.signal(s, handler)
-
-
-class _CollectParams(Messenger):
-    """The unconstrained tensor of every ``pyro.param`` a step touches: what ``SVI.step`` gets
-    from ``poutine.trace(param_only=True)``, without building a trace (a dict copy per access).
-
-    As in a trace, the last value seen under a name wins: a PyroModule setting up its parameters
-    replaces the store's first tensor for a name with an ``nn.Parameter``. ``rows`` notes the
-    rows of each parameter that subsampled plates took (for sparse groups).
-    """
-
-    def __enter__(self) -> _CollectParams:
-        self._values: dict[str, torch.Tensor] = {}
-        self.rows = TouchedRows()
-        return super().__enter__()
-
-    def _pyro_post_param(self, msg: dict) -> None:
-        self._values[msg["name"]] = msg["value"]
-        # A plate inside this messenger subsamples the value after this point; the message's
-        # continuation runs after every messenger, and sees the rows it took.
-        then = msg["continuation"]
-
-        def record(msg: dict) -> None:
-            if then is not None:
-                then(msg)
-            self.rows.record(msg)
-
-        msg["continuation"] = record
-
-    @property
-    def params(self) -> set[torch.Tensor]:
-        # the param store's constrained values carry their unconstrained tensor (set by Pyro)
-        return {v.unconstrained() for v in self._values.values()}  # type: ignore[attr-defined]
 
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
-
-
-def versions() -> dict[str, str]:
-    import hydra
-    import omegaconf
-
-    from ._version import __version__
-
-    return {
-        "pyrotrain": __version__,
-        "pyro": pyro.__version__,
-        "torch": torch.__version__,
-        "hydra": hydra.__version__,
-        "omegaconf": omegaconf.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def batch_of(run: Run, index: torch.Tensor) -> dict[str, Any]:
@@ -155,41 +71,6 @@ def batch_of(run: Run, index: torch.Tensor) -> dict[str, Any]:
     if accepted is not None:
         batch = {k: v for k, v in batch.items() if k in accepted}
     return batch
-
-
-def create_params(run: Run, index: torch.Tensor) -> set[torch.Tensor]:
-    """Create the run's parameters as a fresh run's first step does, and return them.
-
-    Models and guides create their parameters lazily (autoguides drawing random numbers as they
-    do, ``pyro.module`` registering the module's own tensors), so one ELBO evaluation on the rows
-    ``index`` creates them; saved values are then copied into those very tensors.
-    """
-    with _CollectParams() as capture, torch.no_grad():
-        run.elbo.loss(run.model, run.guide, **batch_of(run, index))
-    return capture.params
-
-
-def load_param_values(saved: dict[str, Any], key: str, source: str | None) -> None:
-    """Copy a saved param store state (``get_state()``) into the current store's tensors; names
-    the store does not hold yet are added. A shape that differs is a PyrotrainError on ``key``."""
-    store = pyro.get_param_store()
-    current = dict(store.named_parameters())
-    with torch.no_grad():
-        for name, value in saved["params"].items():
-            if name in current:
-                if current[name].shape != value.shape:
-                    raise PyrotrainError(
-                        f"parameter '{name}' has shape {tuple(current[name].shape)} in this "
-                        f"run and {tuple(value.shape)} in {source}",
-                        key=key,
-                        value=source,
-                    )
-                current[name].copy_(value)
-    later = {n: v for n, v in saved["params"].items() if n not in current}
-    if later:  # created after the first step in the saved run: they come from the store
-        store.set_state(
-            {"params": later, "constraints": {n: saved["constraints"][n] for n in later}}
-        )
 
 
 class Trainer:
@@ -214,6 +95,7 @@ class Trainer:
         self.settings = run.config.trainer
         self.accumulate = self.settings.accumulate_grad_batches
         self.state = LoopState()
+        self.early = EarlyStoppingState()
         self.smoothed = SmoothedLoss(self.settings.smoothing)
         self._last_params: set[torch.Tensor] = set()
         self._epoch_of_last_batch = 0
@@ -222,11 +104,11 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train to the run's last step; return the summary (also written as summary.json)."""
         run = self.run
-        with torch_defaults(run.dtype, run.device), _StopSignals() as signals:
+        with torch_defaults(run.dtype, run.device), StopSignals() as signals:
             return self._fit(signals)
 
-    def _fit(self, signals: _StopSignals) -> dict[str, Any]:
-        run, t = self.run, self.settings
+    def _fit(self, signals: StopSignals) -> dict[str, Any]:
+        run, settings = self.run, self.settings
         pyro.set_rng_seed(run.config.seed)
         batches = self._start()
         total, first = run.total_steps, self.state.step + 1
@@ -234,9 +116,9 @@ class Trainer:
             self.run_dir if self.writes else None, run.config.logger.names, run.config
         )
         display = ProgressDisplay(
-            total, t.progress if run.backend.is_main else "none", self.console, self.label
+            total, settings.progress if run.backend.is_main else "none", self.console, self.label
         )
-        window = _Window(time.perf_counter())
+        window = Window(time.perf_counter())
         start = after_first = window.start
         loss = float("nan")
         try:
@@ -244,8 +126,10 @@ class Trainer:
                 if step == first + 1:  # throughput leaves out the first step's one-time setup
                     after_first = time.perf_counter()
                     window.start, window.steps, window.samples = after_first, 0, 0
-                evals = t.eval_every is not None and (step % t.eval_every == 0 or step == total)
-                logs = step % t.log_every == 0 or step == total or evals
+                evals = settings.eval_every is not None and (
+                    step % settings.eval_every == 0 or step == total
+                )
+                logs = step % settings.log_every == 0 or step == total or evals
                 loss, rows, norms, stop = self._step(step, first, logs, batches, signals, window)
                 if step == first:
                     self.evaluation.check_objective()
@@ -258,22 +142,24 @@ class Trainer:
                 early = False
                 if logs:
                     lrs = run.stack.lrs()
-                    row = self._metrics_row(step, lrs, norms, window, start)
+                    row = window.row(
+                        step, self._epoch_of_last_batch, self.smoothed.value, lrs, norms, start
+                    )
                     if evals:
                         row.update(self.evaluation.during_training())
                     metrics.write(row)
                     shown = self.evaluation.shown(row)
                     display.update(step, self.smoothed.value, lrs, row["steps_per_s"], shown)
-                    window = _Window(time.perf_counter())
+                    window = Window(time.perf_counter())
                     if self.on_log is not None:
                         self.on_log(row)
-                    early = self.evaluation.monitor(step, row, self.state)
+                    early = self.evaluation.monitor(step, row, self.early)
                 if stop and step < total:  # at the last step, finishing is quicker
                     self._stop(stop, signals.signum, metrics)
                 if early:
-                    self.state.stopped_early_at = step
+                    self.early.stopped_early_at = step
                 if (
-                    (t.checkpoint_every and step % t.checkpoint_every == 0)
+                    (settings.checkpoint_every and step % settings.checkpoint_every == 0)
                     or step == total
                     or early
                 ):
@@ -304,7 +190,8 @@ class Trainer:
         batches = iter(run.order)
         if run.resume is not None:
             _, payload = run.resume
-            self.state = LoopState(**payload["loop"])
+            self.state = from_loop_entry(LoopState, payload["loop"])
+            self.early = from_loop_entry(EarlyStoppingState, payload["loop"])
             self.smoothed.load_state_dict(payload["smoothed"])
             was = payload["shape"].get("world_size", run.backend.size)
             if was != run.backend.size:
@@ -323,8 +210,6 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             # Rows after the checkpoint (all rows, when auto found none) are about to be redone.
             if self.settings.resume is not None:
-                from .checkpoint import prune_metrics
-
                 prune_metrics(self.run_dir / "metrics.jsonl", self.state.step)
         return batches
 
@@ -334,8 +219,8 @@ class Trainer:
         first: int,
         logs: bool,
         batches: Iterator[tuple[int, torch.Tensor]],
-        signals: _StopSignals,
-        window: _Window,
+        signals: StopSignals,
+        window: Window,
     ) -> tuple[float, int, dict[str, float], int]:
         """One optimizer step; returns the step's loss (the ranks' mean), the rows it saw on this
         rank, the gradient norms (on logging steps) and the ranks' stop code."""
@@ -387,7 +272,7 @@ class Trainer:
             if invalid is not None:
                 continue
             try:
-                with _CollectParams() as capture:
+                with CollectParams() as capture:
                     losses += float(self._loss_and_grads(self._batch(index), first))
             except ValueError as e:
                 if first or "found invalid values" not in str(e):
@@ -450,28 +335,6 @@ class Trainer:
             )
         self.run.backend.broadcast_parameters(params)
 
-    def _metrics_row(
-        self,
-        step: int,
-        lrs: dict[str, float],
-        norms: dict[str, float],
-        window: _Window,
-        start: float,
-    ) -> dict[str, Any]:
-        now = time.perf_counter()
-        elapsed = max(now - window.start, 1e-9)
-        return {
-            "step": step,
-            "epoch": self._epoch_of_last_batch,
-            "loss": _mean(window.losses) if window.losses else float("nan"),
-            "smoothed_loss": self.smoothed.value,
-            **{f"lr/{k}": v for k, v in lrs.items()},
-            **{f"grad_norm/{k}": v for k, v in norms.items()},
-            "time": now - start,
-            "steps_per_s": window.steps / elapsed,
-            "samples_per_s": window.samples / elapsed,
-        }
-
     def _summary(
         self, loss: float, first: int, start: float, after_first: float, end: float
     ) -> dict[str, Any]:
@@ -484,7 +347,7 @@ class Trainer:
         timed_steps, timed = (done - 1, end - after_first) if done > 1 else (1, wall)
         rows_per_step = run.order.batch_size or run.order.rows_per_rank
         samples_per_rank = timed_steps * self.accumulate * rows_per_step / timed
-        best = self.evaluation.best(self.state)
+        best = self.evaluation.best(self.early)
         finite = math.isfinite(self.smoothed.value)
         return {
             # Every step skipped as non-finite (trainer.nan_policy skip or reduce_lr) is no result.
@@ -497,7 +360,7 @@ class Trainer:
             "final_loss": loss,
             "smoothed_loss": self.smoothed.value,
             "steps": self.state.step,
-            "stopped_early_at": self.state.stopped_early_at,
+            "stopped_early_at": self.early.stopped_early_at,
             "best": best,
             "epochs": math.ceil(self.state.step / run.steps_per_epoch),
             "resumed_from_step": first - 1 if run.resume is not None else None,
@@ -519,8 +382,6 @@ class Trainer:
 
     def _checkpoint(self, metrics: MetricsSinks) -> None:
         """Every rank hands in its RNG state; rank 0 writes the checkpoint."""
-        from .checkpoint import FORMAT, get_rng_state, save_checkpoint
-
         run = self.run
         rng = run.backend.gather_object(get_rng_state())
         if not self.writes:
@@ -528,67 +389,39 @@ class Trainer:
         assert self.run_dir is not None
         metrics.flush()
         if self.evaluation.best_state is not None:  # before the step's checkpoint, naming it
-            from .checkpoint import save_best
-
-            save_best(
-                {
-                    "format": FORMAT,
-                    "kind": "best",
-                    "step": self.state.best_step,
-                    "monitor": self.settings.early_stopping.monitor,
-                    "value": self.state.best_value,
-                    "param_store": self.evaluation.best_state,
-                    "config": run.config.plain,
-                    "versions": versions(),
-                },
-                self.run_dir,
+            best = best_payload(
+                step=self.early.best_step,
+                monitor=self.settings.early_stopping.monitor,
+                value=self.early.best_value,
+                param_store=self.evaluation.best_state,
+                config=run.config.plain,
             )
+            save_best(best, self.run_dir)
             self.evaluation.best_state = None
-        payload = {
-            "format": FORMAT,
-            "step": self.state.step,
-            "loop": dataclasses.asdict(self.state),
-            "smoothed": self.smoothed.state_dict(),
-            "param_store": pyro.get_param_store().get_state(),
-            "optim": run.stack.state_dict(),
-            "optimizer_args": run.stack.optimizer_args(),
-            "rng": rng,
-            "shape": run.shape,
-            "config": run.config.plain,
-            "versions": versions(),
-        }
+        payload = step_payload(
+            step=self.state.step,
+            loop=loop_entry(self.state, self.early),
+            smoothed=self.smoothed.state_dict(),
+            optim=run.stack.state_dict(),
+            optimizer_args=run.stack.optimizer_args(),
+            rng=rng,
+            shape=run.shape,
+            config=run.config.plain,
+        )
         save_checkpoint(payload, self.run_dir, self.settings.keep_checkpoints)
 
     def _restore(self, payload: dict[str, Any], index: torch.Tensor) -> None:
-        """Load a checkpoint's state into the param store, the stack and the RNGs.
-
-        Models and guides create their parameters lazily (autoguides drawing random numbers as
-        they do, ``pyro.module`` registering the module's own tensors), so one ELBO evaluation on
-        the first batch creates them as in a fresh run; the saved values are then copied into
-        those very tensors, and the optimizer state and random number generators restored.
-        """
-        from .checkpoint import set_rng_state
-
-        run = self.run
-        params = create_params(run, index)
-        where = str(run.resume[0]) if run.resume else None
-        load_param_values(payload["param_store"], "trainer.resume", where)
-        run.stack.assign(params)
-        run.stack.load_state_dict(payload["optim"])
-        changed = run.stack.apply_changed_args(payload["optimizer_args"])
-        if changed and run.backend.is_main:
+        """Load a checkpoint's state (:func:`pyrotrain.checkpoint.restore`) on the first batch."""
+        changed = restore(self.run, payload, batch_of(self.run, index))
+        if changed and self.run.backend.is_main:
             for group, keys in changed.items():
                 for key, (was, now) in keys.items():
                     self.console.print(f"{self._tag}resume: group {group} {key} {was} -> {now}")
-        # Every rank's RNG state (ranks draw the same samples); a rank the saved run did not
-        # have takes rank 0's.
-        rng = payload["rng"]
-        set_rng_state(rng[run.backend.rank] if run.backend.rank < len(rng) else rng[0])
 
     def _non_finite(self, step: int, loss: float, bad: list[str], invalid: str | None) -> None:
         """Apply ``trainer.nan_policy`` to a step whose loss or gradients are not finite
         (``invalid``: a distribution refused a non-finite argument on this rank)."""
-        t, state = self.settings, self.state
+        settings, state = self.settings, self.state
         if bad:
             where = f"the gradient of group {', '.join(repr(b) for b in bad)}"
         elif invalid:
@@ -597,13 +430,11 @@ class Trainer:
             where = f"the loss ({loss})"
         state.skipped += 1
         state.bad_in_a_row += 1
-        if t.nan_policy == "stop" or state.bad_in_a_row > t.max_bad_steps:
-            from .checkpoint import list_checkpoints
-
+        if settings.nan_policy == "stop" or state.bad_in_a_row > settings.max_bad_steps:
             saved = list_checkpoints(self.run_dir) if self.run_dir else []
             why = (
-                f"after {t.max_bad_steps} non-finite steps in a row"
-                if t.nan_policy != "stop"
+                f"after {settings.max_bad_steps} non-finite steps in a row"
+                if settings.nan_policy != "stop"
                 else "(trainer.nan_policy=stop)"
             )
             fixes = (
@@ -621,11 +452,15 @@ class Trainer:
                 exit_code=1,
                 hint=hint,
             )
-        if t.nan_policy == "reduce_lr":
+        if settings.nan_policy == "reduce_lr":
             groups = bad or list(self.run.stack.lrs())
-            self.run.stack.scale_lr(groups, t.nan_lr_factor)
+            self.run.stack.scale_lr(groups, settings.nan_lr_factor)
         if self.run.backend.is_main:
-            action = "skipped" if t.nan_policy == "skip" else f"skipped, lr x{t.nan_lr_factor}"
+            action = (
+                "skipped"
+                if settings.nan_policy == "skip"
+                else f"skipped, lr x{settings.nan_lr_factor}"
+            )
             message = f"step {step}: {where} is not finite; {action}"
             self.console.print(f"{self._tag}[yellow]{escape(message)}[/]")
 

@@ -7,6 +7,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -47,6 +48,41 @@ class SmoothedLoss:
         if self._n == 0:
             return float("nan")
         return self._avg / (1 - self.weight**self._n) if self.weight > 0 else self._avg
+
+
+@dataclass
+class Window:
+    """Throughput and mean loss since the last metrics row."""
+
+    start: float
+    samples: int = 0
+    steps: int = 0
+    losses: list[float] = field(default_factory=list)
+
+    def row(
+        self,
+        step: int,
+        epoch: int,
+        smoothed_loss: float,
+        lrs: dict[str, float],
+        norms: dict[str, float],
+        start: float,
+    ) -> dict[str, Any]:
+        """The metrics row of ``step``: the window's mean loss and throughput, the smoothed
+        loss, every group's rate and gradient norm, the time since the run's ``start``."""
+        now = time.perf_counter()
+        elapsed = max(now - self.start, 1e-9)
+        return {
+            "step": step,
+            "epoch": epoch,
+            "loss": sum(self.losses) / len(self.losses) if self.losses else float("nan"),
+            "smoothed_loss": smoothed_loss,
+            **{f"lr/{k}": v for k, v in lrs.items()},
+            **{f"grad_norm/{k}": v for k, v in norms.items()},
+            "time": now - start,
+            "steps_per_s": self.steps / elapsed,
+            "samples_per_s": self.samples / elapsed,
+        }
 
 
 class MetricsSinks:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     """matplotlib.pyplot, imported on first use (half a second: not before the first step)."""
     import matplotlib
 
@@ -57,13 +57,14 @@ def _title(ax: Any, text: str) -> None:
     ax.set_title("\n".join(lines), fontsize=9 if len(text) > 60 else None)
 
 
-def _save(fig, path: Path, tight: bool = True) -> Path:
+def save_figure(fig, path: Path, tight: bool = True) -> Path:
+    """Write ``fig`` to ``path`` as a PNG, atomically, and close it; returns ``path``."""
     from .io import atomic_write
 
     if tight:
         fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -119,7 +120,7 @@ def plot_run(run_dir: str | Path, log_scale: bool | None = None) -> list[Path]:
     s_steps, smoothed = _series(rows, "smoothed_loss")
     if log_scale is None:
         log_scale = _positive(loss) and max(loss) / min(loss) > 20
-    fig, ax = _pyplot().subplots(figsize=(7, 4.2))
+    fig, ax = pyplot().subplots(figsize=(7, 4.2))
     ax.plot(steps, loss, color="tab:blue", alpha=0.35, lw=1, label="loss (mean per log row)")
     ax.plot(s_steps, smoothed, color="tab:blue", lw=2, label="smoothed loss")
     title = run_title(run_dir)
@@ -129,7 +130,7 @@ def plot_run(run_dir: str | Path, log_scale: bool | None = None) -> list[Path]:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
-    written.append(_save(fig, run_dir / "loss.png"))
+    written.append(save_figure(fig, run_dir / "loss.png"))
 
     for prefix, ylabel, fname, what in [
         ("lr/", "learning rate", "lr.png", "Learning rate per group"),
@@ -138,7 +139,7 @@ def plot_run(run_dir: str | Path, log_scale: bool | None = None) -> list[Path]:
         keys = sorted({k for r in rows for k in r if k.startswith(prefix)})
         if not keys:
             continue
-        fig, ax = _pyplot().subplots(figsize=(7, 4.2))
+        fig, ax = pyplot().subplots(figsize=(7, 4.2))
         all_values = []
         for i, key in enumerate(keys):
             xs, ys = _series(rows, key)
@@ -162,7 +163,7 @@ def plot_run(run_dir: str | Path, log_scale: bool | None = None) -> list[Path]:
         _title(ax, f"{what}: {title}")
         ax.grid(alpha=0.3)
         ax.legend(title="group")
-        written.append(_save(fig, run_dir / fname))
+        written.append(save_figure(fig, run_dir / fname))
     evaluated = _plot_eval(run_dir, rows)
     return written + ([evaluated] if evaluated else [])
 
@@ -189,7 +190,7 @@ def _plot_eval(run_dir: Path, rows: list[dict]) -> Path | None:
     constant = {k: v[0] for k, v in courses.items() if len(v) > 1 and len(set(v)) == 1}
     keys = [k for k in keys if k not in constant] or keys
     monitor, mode = _monitor(run_dir)
-    plt = _pyplot()
+    plt = pyplot()
     cols = min(3, len(keys))
     nrows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.4 * cols, 3.3 * nrows + 0.6), squeeze=False)
@@ -220,7 +221,7 @@ def _plot_eval(run_dir: Path, rows: list[dict]) -> Path | None:
         fixed = ", ".join(f"{k[len('eval/') :]} {v:.4g}" for k, v in constant.items())
         fig.text(0.5, 0.01, f"unchanged over the run: {fixed}", ha="center", fontsize="small")
     fig.tight_layout(rect=(0, 0.04 if constant else 0, 1, 1))
-    return _save(fig, run_dir / "eval.png", tight=False)
+    return save_figure(fig, run_dir / "eval.png", tight=False)
 
 
 def job_overrides(job_dir: Path) -> list[str]:
@@ -271,7 +272,7 @@ def plot_sweep(sweep_dir: str | Path, log_scale: bool | None = None) -> Path | N
     jobs = sweep_jobs(sweep_dir)
     if not jobs:
         return None
-    fig, ax = _pyplot().subplots(figsize=(8, 4.8))
+    fig, ax = pyplot().subplots(figsize=(8, 4.8))
     all_values = []
     labels = job_labels(jobs)
     not_drawn = []
@@ -304,7 +305,7 @@ def plot_sweep(sweep_dir: str | Path, log_scale: bool | None = None) -> Path | N
         note = textwrap.fill("Not drawn (no metrics row): " + "; ".join(not_drawn), 110)
         fig.text(0.01, 0.01, note, fontsize=8, va="bottom", color="tab:red")
         fig.tight_layout(rect=(0, 0.04 + 0.03 * note.count("\n"), 1, 1))
-    return _save(fig, sweep_dir / "comparison.png", tight=not not_drawn)
+    return save_figure(fig, sweep_dir / "comparison.png", tight=not not_drawn)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -88,6 +88,11 @@ def test_early_stopping_resumes_exactly(tmp_path):
     ca = load_checkpoint(tmp_path / "straight" / "checkpoints" / f"step-{stop:08d}.pt")
     cb = load_checkpoint(tmp_path / "second" / "checkpoints" / f"step-{stop:08d}.pt")
     assert ca["loop"] == cb["loop"] and same(ca["rng"], cb["rng"])
+    # The monitor's state sits in the checkpoint's "loop" under the keys it always had there, so
+    # checkpoints of earlier versions resume, and theirs read these.
+    best = straight["best"]
+    assert (ca["loop"]["best_value"], ca["loop"]["best_step"]) == (best["value"], best["step"])
+    assert ca["loop"]["bad_checks"] == 2 and ca["loop"]["stopped_early_at"] == stop
 
 
 def test_evaluation_during_training_changes_nothing_else(tmp_path):

@@ -18,11 +18,12 @@ import pyrotrain
 from pyrotrain.build import build, torch_defaults
 from pyrotrain.data import BatchOrder
 from pyrotrain.errors import PyrotrainError
-from pyrotrain.loop import Trainer, _CollectParams
+from pyrotrain.loop import Trainer
 from pyrotrain.optim import OptimizerStack
 from pyrotrain.optim.lazy_adam import LazyAdam, LazyClippedAdam
 from pyrotrain.optim.rows import RowFinder, TouchedRows
 from pyrotrain.optim.sparse_adagrad_rmsprop import SparseAdagradRMSProp
+from pyrotrain.params import CollectParams
 
 ROWS, COLS = 300, 3
 
@@ -193,14 +194,14 @@ def test_touched_rows_are_the_union_over_accesses():
     pyro.clear_param_store()
     touched = TouchedRows()
     for idx in (torch.tensor([1, 4]), torch.tensor([4, 9])):
-        with _CollectParams() as capture:
+        with CollectParams() as capture:
             guide(idx)
         touched.update(capture.rows)
     param = pyro.param("t").unconstrained()
     assert param._pyro_subsample[-1].tolist() == [4, 9]  # Pyro keeps the last access's
     touched.publish()
     assert param._pyro_subsample[-1].tolist() == [1, 4, 9]
-    with _CollectParams() as capture:
+    with CollectParams() as capture:
         guide(torch.tensor([2]))
         pyro.param("t")  # and once whole: no rows to go by
     capture.rows.publish()
