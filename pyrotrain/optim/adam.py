@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ._foreach import MultiTensorOptimizer, TensorList, _Bucket, addcdiv_params_, per_step_values
+from ._buckets import MultiTensorOptimizer, _Bucket
+from ._kernels import Gathered, TensorList, add_params, addcdiv_params_, per_step_values, sqrt
 
 
 class Adam(MultiTensorOptimizer):
@@ -18,7 +19,7 @@ class Adam(MultiTensorOptimizer):
     loop (``foreach=False``), but the moments of a group live in flat buffers and small
     parameters' gradients are gathered into one, so a step over hundreds of small
     parameters is a dozen kernels instead of a dozen per parameter (see
-    :mod:`pyrotrain.optim._foreach`). For every parameter :math:`\theta` whose ``grad`` is
+    :mod:`pyrotrain.optim._buckets`). For every parameter :math:`\theta` whose ``grad`` is
     not ``None`` (with :math:`t` its own step count)::
 
         g = -grad if maximize else grad
@@ -110,60 +111,30 @@ class Adam(MultiTensorOptimizer):
     def _update_bucket(
         self, group: dict, b: _Bucket, grads: list[Tensor], sel: list[int] | None
     ) -> None:
-        beta1, beta2 = group["betas"]
-        lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
-        amsgrad = b.info == ("amsgrad",)
         steps = b.advance_steps(sel)
-        full = sel is None
-        params = b.params if sel is None else [b.params[j] for j in sel]
-        if weight_decay != 0 and group["decoupled_weight_decay"]:
-            torch._foreach_mul_(params, 1 - lr * weight_decay)
-        keys = self._state_keys(b.info)
-        flat = full and b.gather and isinstance(steps, int)
-        if flat:
-            # one kernel per operation over the whole bucket
-            G = b.gather_(grads)
-            if group["maximize"]:
-                G.neg_()
-            if weight_decay != 0 and not group["decoupled_weight_decay"]:
-                torch._foreach_copy_(b.dviews, params)  # the scratch holds the params for now
-                G.add_(b.d, alpha=weight_decay)
-            M, V = b.flat["exp_avg"], b.flat["exp_avg_sq"]
-            M.lerp_(G, 1 - beta1)
-            V.mul_(beta2).addcmul_(G, G, value=1 - beta2)
-            if amsgrad:
-                V = torch.maximum(b.flat["max_exp_avg_sq"], V, out=b.flat["max_exp_avg_sq"])
-            torch.sqrt(V, out=b.d)
-            denoms: TensorList = b.dviews
-        else:
-            views = {k: b.views[k] if sel is None else [b.views[k][j] for j in sel] for k in keys}
-            g_list = torch._foreach_neg(grads) if group["maximize"] else grads
-            if weight_decay != 0 and not group["decoupled_weight_decay"]:
-                g_list = torch._foreach_add(g_list, params, alpha=weight_decay)
-            torch._foreach_lerp_(views["exp_avg"], g_list, 1 - beta1)
-            torch._foreach_mul_(views["exp_avg_sq"], beta2)
-            torch._foreach_addcmul_(views["exp_avg_sq"], g_list, g_list, value=1 - beta2)
-            v_list = views["exp_avg_sq"]
-            if amsgrad:
-                torch._foreach_maximum_(views["max_exp_avg_sq"], v_list)
-                v_list = views["max_exp_avg_sq"]
-            denoms = torch._foreach_sqrt(v_list)
-        # denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
-        sqrt_bc2 = per_step_values(steps, lambda t: (1 - beta2**t) ** 0.5)
-        if flat:
-            b.d.div_(cast(float, sqrt_bc2)).add_(eps)  # one common step: a float
-        else:
-            torch._foreach_div_(denoms, sqrt_bc2)
-            torch._foreach_add_(denoms, eps)
-        # param.addcdiv_(exp_avg, denom, value=-step_size), step_size = lr / bias_correction1
-        values = per_step_values(steps, lambda t: -(lr / (1 - beta1**t)))
-        m_views = b.views["exp_avg"] if sel is None else [b.views["exp_avg"][j] for j in sel]
-        addcdiv_params_(b, sel, params, m_views, b.flat["exp_avg"], denoms, values)
+        ops = b.operands(grads, sel, steps)
+        beta1, beta2 = group["betas"]
+        _multi_tensor_adam(
+            ops.params,
+            ops.grads,
+            ops.state["exp_avg"],
+            ops.state["exp_avg_sq"],
+            ops.state.get("max_exp_avg_sq"),
+            steps,
+            beta1=beta1,
+            beta2=beta2,
+            lr=group["lr"],
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            maximize=group["maximize"],
+            decoupled_weight_decay=group["decoupled_weight_decay"],
+            scratch=ops.scratch,
+            gathered=ops.gathered,
+        )
 
     def _step_fallback(self, group: dict, p: Tensor) -> None:
-        # torch's per-tensor loop body (foreach=False), for state this class did not lay out
+        # for state this class did not lay out
         assert p.grad is not None  # only params with a gradient are stepped
-        grad = -p.grad if group["maximize"] else p.grad
         state = self.state[p]
         if not state:
             state["step"] = 0
@@ -171,28 +142,19 @@ class Adam(MultiTensorOptimizer):
             if key not in state:
                 state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
         beta1, beta2 = group["betas"]
-        lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
-        state["step"] = step = int(state["step"]) + 1
-        if weight_decay != 0:
-            if group["decoupled_weight_decay"]:
-                p.mul_(1 - lr * weight_decay)
-            else:
-                grad = grad.add(p, alpha=weight_decay)
-        param, exp_avg, exp_avg_sq = p, state["exp_avg"], state["exp_avg_sq"]
-        max_exp_avg_sq = state.get("max_exp_avg_sq") if group["amsgrad"] else None
-        if torch.is_complex(p):
-            param, grad = torch.view_as_real(p), torch.view_as_real(grad)
-            exp_avg, exp_avg_sq = torch.view_as_real(exp_avg), torch.view_as_real(exp_avg_sq)
-            if max_exp_avg_sq is not None:
-                max_exp_avg_sq = torch.view_as_real(max_exp_avg_sq)
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad.conj(), value=1 - beta2)
-        if max_exp_avg_sq is not None:
-            torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
-            exp_avg_sq = max_exp_avg_sq
-        step_size = lr / (1 - beta1**step)
-        denom = (exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
-        param.addcdiv_(exp_avg, denom, value=-step_size)
+        _single_tensor_adam(
+            p,
+            p.grad,
+            state,
+            beta1=beta1,
+            beta2=beta2,
+            lr=group["lr"],
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            amsgrad=group["amsgrad"],
+            maximize=group["maximize"],
+            decoupled_weight_decay=group["decoupled_weight_decay"],
+        )
 
 
 class AdamW(Adam):
@@ -239,3 +201,87 @@ def _check_args(lr: Any, betas: Any, eps: Any, weight_decay: Any) -> None:
         raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
     if not 0.0 <= weight_decay:
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+
+
+def _single_tensor_adam(
+    p: Tensor,
+    grad: Tensor,
+    state: dict,
+    *,
+    beta1: float,
+    beta2: float,
+    lr: float,
+    eps: float,
+    weight_decay: float,
+    amsgrad: bool,
+    maximize: bool,
+    decoupled_weight_decay: bool,
+) -> None:
+    """torch's per-tensor loop body (``foreach=False``)."""
+    grad = -grad if maximize else grad
+    state["step"] = step = int(state["step"]) + 1
+    if weight_decay != 0:
+        if decoupled_weight_decay:
+            p.mul_(1 - lr * weight_decay)
+        else:
+            grad = grad.add(p, alpha=weight_decay)
+    param, exp_avg, exp_avg_sq = p, state["exp_avg"], state["exp_avg_sq"]
+    max_exp_avg_sq = state.get("max_exp_avg_sq") if amsgrad else None
+    if torch.is_complex(p):
+        param, grad = torch.view_as_real(p), torch.view_as_real(grad)
+        exp_avg, exp_avg_sq = torch.view_as_real(exp_avg), torch.view_as_real(exp_avg_sq)
+        if max_exp_avg_sq is not None:
+            max_exp_avg_sq = torch.view_as_real(max_exp_avg_sq)
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad.conj(), value=1 - beta2)
+    if max_exp_avg_sq is not None:
+        torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        exp_avg_sq = max_exp_avg_sq
+    step_size = lr / (1 - beta1**step)
+    denom = (exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
+    param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+def _multi_tensor_adam(
+    params: list[Tensor],
+    grads: TensorList,
+    exp_avgs: TensorList,
+    exp_avg_sqs: TensorList,
+    max_exp_avg_sqs: TensorList | None,
+    steps: int | list[int],
+    *,
+    beta1: float,
+    beta2: float,
+    lr: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+    decoupled_weight_decay: bool,
+    scratch: TensorList | None = None,
+    gathered: Gathered | None = None,
+) -> None:
+    """The update of many parameters, per parameter or flat (see :mod:`._kernels`), with the
+    operations of :func:`_single_tensor_adam`; ``max_exp_avg_sqs`` given for AMSGrad."""
+    if weight_decay != 0 and decoupled_weight_decay:
+        torch._foreach_mul_(params, 1 - lr * weight_decay)
+    if maximize:
+        if gathered is None:
+            grads = torch._foreach_neg(grads)
+        else:
+            torch._foreach_neg_(grads)  # the kernel's own gathered copy
+    if weight_decay != 0 and not decoupled_weight_decay:
+        grads = add_params(grads, params, weight_decay, gathered)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+    v = exp_avg_sqs
+    if max_exp_avg_sqs is not None:
+        torch._foreach_maximum_(max_exp_avg_sqs, v)
+        v = max_exp_avg_sqs
+    # denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
+    denoms = sqrt(v, scratch)
+    torch._foreach_div_(denoms, per_step_values(steps, lambda t: (1 - beta2**t) ** 0.5))
+    torch._foreach_add_(denoms, eps)
+    # param.addcdiv_(exp_avg, denom, value=-step_size), step_size = lr / bias_correction1
+    values = per_step_values(steps, lambda t: -(lr / (1 - beta1**t)))
+    addcdiv_params_(params, exp_avgs, denoms, values, gathered)
