@@ -76,7 +76,7 @@ class SparseAdagradRMSProp(RowSparse, AdagradRMSProp):
         if "sum" not in state:
             state["sum"] = torch.zeros_like(p)
         state["step"] = int(state.get("step", 0)) + 1
-        adagrad_rmsprop_rows_(
+        _rows_adagrad_rmsprop(
             p,
             index,
             grad,
@@ -89,7 +89,7 @@ class SparseAdagradRMSProp(RowSparse, AdagradRMSProp):
         )
 
 
-def adagrad_rmsprop_rows_(
+def _rows_adagrad_rmsprop(
     p: Tensor,
     index: Tensor,
     g: Tensor,
