@@ -28,14 +28,17 @@ class AdagradRMSProp(MultiTensorOptimizer):
     ``torch._foreach_*`` calls and flat state buffers (see
     :mod:`pyrotrain.optim._buckets`).
 
-    For every parameter :math:`\theta` whose ``grad`` :math:`g` is not ``None``, with
-    :math:`k` its own step count after incrementing:
+    The algorithm (what the kernels ``_single_tensor_adagrad_rmsprop``, per parameter, and
+    ``_multi_tensor_adagrad_rmsprop``, a bucket at once, compute, in this order)::
 
-    .. math::
-
-        s &\leftarrow g^2 \quad\text{if } k = 1, \qquad
-        s \leftarrow (1 - t)\, s + t\, g^2 \quad\text{otherwise} \\
-        \theta &\leftarrow \theta - \eta\, k^{-1/2 + \delta}\, \frac{g}{1 + \sqrt{s}}
+        input:  params theta, step size eta, momentum t, delta
+        state:  per param: step k = 0, sum s = 0
+        at every step(), for every theta whose grad g is not None:
+            k = k + 1
+            s = g * g                               if k == 1
+            s = s * (1 - t) + (t * g) * g           otherwise
+            theta = theta + (-eta * k^(-1/2 + delta)) * g / (1 + sqrt(s))
+        output: theta
 
     :param params: iterable of parameters to optimize or dicts defining parameter groups
     :param eta: sets the step size scale (optional; default: 1.0)

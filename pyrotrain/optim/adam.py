@@ -19,16 +19,22 @@ class Adam(MultiTensorOptimizer):
     loop (``foreach=False``), but the moments of a group live in flat buffers and small
     parameters' gradients are gathered into one, so a step over hundreds of small
     parameters is a dozen kernels instead of a dozen per parameter (see
-    :mod:`pyrotrain.optim._buckets`). For every parameter :math:`\theta` whose ``grad`` is
-    not ``None`` (with :math:`t` its own step count)::
+    :mod:`pyrotrain.optim._buckets`). The algorithm (what the kernels ``_single_tensor_adam``,
+    per parameter, and ``_multi_tensor_adam``, a bucket at once, compute, in this order)::
 
-        g = -grad if maximize else grad
-        theta *= 1 - lr * weight_decay              (decoupled_weight_decay)
-        g = g + weight_decay * theta                (otherwise, if weight_decay != 0)
-        m = m.lerp(g, 1 - beta1)
-        v = beta2 * v + (1 - beta2) * g * g
-        v_max = max(v_max, v)                       (amsgrad; then v_max replaces v below)
-        theta -= lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+        input:  params theta, lr, betas (beta1, beta2), eps, weight_decay, amsgrad, maximize,
+                decoupled_weight_decay
+        state:  per param: step t = 0, m = 0, v = 0 (and v_max = 0 with amsgrad)
+        at every step(), for every theta whose grad is not None:
+            t = t + 1
+            g = -grad if maximize else grad
+            theta *= 1 - lr * weight_decay          (decoupled_weight_decay)
+            g = g + weight_decay * theta            (otherwise, if weight_decay != 0)
+            m = m.lerp(g, 1 - beta1)
+            v = beta2 * v + (1 - beta2) * g * g
+            v_max = max(v_max, v)                   (amsgrad; then v_max replaces v below)
+            theta -= lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+        output: theta
 
     :param params: iterable of parameters to optimize or dicts defining parameter groups
     :param lr: learning rate (default: 1e-3)
@@ -45,6 +51,11 @@ class Adam(MultiTensorOptimizer):
     learning rate must be a number; ``foreach``, ``fused``, ``capturable`` and
     ``differentiable`` are not taken (the ``torch_adam`` registry name is torch's class).
     Sparse gradients are refused, as torch does.
+
+    References: `Adam: A Method for Stochastic Optimization`, Kingma and Ba,
+    https://arxiv.org/abs/1412.6980; `Decoupled Weight Decay Regularization`, Loshchilov and
+    Hutter, https://arxiv.org/abs/1711.05101; `On the Convergence of Adam and Beyond`, Reddi et
+    al., https://openreview.net/forum?id=ryQu7f-RZ (AMSGrad).
     """
 
     _flat_keys = ("exp_avg", "exp_avg_sq")

@@ -29,20 +29,22 @@ class ClippedAdam(MultiTensorOptimizer):
     updated together with ``torch._foreach_*`` calls and flat state buffers (see
     :mod:`pyrotrain.optim._buckets`).
 
-    At every call of :meth:`step`, for every param group, first
-    :math:`\eta \leftarrow \eta \cdot \mathrm{lrd}`, then for every parameter
-    :math:`\theta` whose ``grad`` is not ``None`` (with :math:`t` its own step count):
+    The algorithm (what the kernels ``_single_tensor_clipped_adam``, per parameter, and
+    ``_multi_tensor_clipped_adam``, a bucket at once, compute, in this order)::
 
-    .. math::
-
-        g &\leftarrow \mathrm{clamp}(\nabla_\theta, -c, c)
-            \quad\text{(written back to } \theta.\mathrm{grad}\text{)} \\
-        g &\leftarrow g + \lambda\,\theta \quad\text{(if } \lambda \neq 0) \\
-        m &\leftarrow \beta_1 m + (1 - \beta_1) g \\
-        v &\leftarrow \beta_2 v + (1 - \beta_2) s^2, \quad
-            s = g - m \text{ if centered\_variance else } g \\
-        \theta &\leftarrow \theta - \frac{\eta \sqrt{1 - \beta_2^t}}{1 - \beta_1^t}
-            \cdot \frac{m}{\sqrt{v} + \epsilon}
+        input:  params theta, lr, betas (beta1, beta2), eps, weight_decay, clip_norm c, lrd,
+                centered_variance
+        state:  per param: step t = 0, m = 0, v = 0
+        at every step(), for every param group: lr = lr * lrd; then for every theta whose
+        grad is not None:
+            t = t + 1
+            g = clamp(grad, -c, c)                  (written back to grad)
+            g = g + weight_decay * theta            (if weight_decay != 0)
+            m = beta1 * m + (1 - beta1) * g
+            s = g - m if centered_variance else g
+            v = beta2 * v + (1 - beta2) * s * s
+            theta -= lr * sqrt(1 - beta2**t) / (1 - beta1**t) * m / (sqrt(v) + eps)
+        output: theta
 
     :param params: iterable of parameters to optimize or dicts defining parameter groups
     :param lr: learning rate :math:`\eta` (default: 1e-3)

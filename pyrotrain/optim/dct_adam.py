@@ -163,21 +163,24 @@ class DCTAdam(MultiTensorOptimizer):
     but all parameters of a param group are updated together with ``torch._foreach_*``
     calls and flat state buffers (see :mod:`pyrotrain.optim._buckets`).
 
-    At every call of :meth:`step`, for every param group, first
-    :math:`\eta \leftarrow \eta \cdot \mathrm{lrd}`, then for every parameter
-    :math:`\theta` whose ``grad`` is not ``None`` (with :math:`t` its step count):
+    The algorithm (kernels: ``_multi_tensor_clipped_adam`` for unmarked params,
+    ``_multi_tensor_dct_adam`` for marked ones, ``_batched_dct_adam`` with ``batch_dct``; the
+    per-parameter and subsample-aware paths are Pyro's own methods)::
 
-    .. math::
-
-        g &\leftarrow \mathrm{clamp}(\nabla_\theta, -c, c)
-            \quad\text{(written back to } \theta.\mathrm{grad}\text{)} \\
-        \tilde g &= [\,g,\ \mathrm{DCT}(\mathrm{pad}(g))\,] \text{ along the time dim
-            if marked, else } g \\
-        m &\leftarrow \beta_1 m + (1 - \beta_1) \tilde g, \qquad
-        v \leftarrow \beta_2 v + (1 - \beta_2) \tilde g^2 \\
-        u &= m / (\sqrt{v} + \epsilon), \qquad
-        \Delta = u \text{ if unmarked, else } u_{:T} + \mathrm{IDCT}(u_{T:})_{:T} \\
-        \theta &\leftarrow \theta - \frac{\eta \sqrt{1 - \beta_2^t}}{1 - \beta_1^t}\,\Delta
+        input:  params theta, lr, betas (beta1, beta2), eps, clip_norm c, lrd
+        state:  per param: step t = 0, m = 0, v = 0 (along a marked time dim of length T,
+                of length T + N, N = next_fast_len(T))
+        at every step(), for every param group: lr = lr * lrd; then for every theta whose
+        grad is not None:
+            t = t + 1
+            g = clamp(grad, -c, c)                  (written back to grad)
+            g = [g, DCT(pad(g, N))] along the time dim   (if marked)
+            m = beta1 * m + (1 - beta1) * g
+            v = beta2 * v + (1 - beta2) * g * g
+            u = m / (sqrt(v) + eps)
+            u = u[:T] + IDCT(u[T:])[:T]             (if marked)
+            theta += -(lr * sqrt(1 - beta2**t) / (1 - beta1**t)) * u
+        output: theta
 
     :param params: iterable of parameters to optimize or dicts defining parameter groups
     :param float lr: learning rate (default: 1e-3)

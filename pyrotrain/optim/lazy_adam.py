@@ -18,7 +18,7 @@ class LazyClippedAdam(RowSparse, ClippedAdam):
 
     For the touched rows :math:`R` of a row-tracked parameter (see
     :class:`~pyrotrain.optim.rows.RowFinder`), with :math:`k` the parameter's step count, the
-    dense update restricted to those rows::
+    dense update restricted to those rows (kernel ``_rows_clipped_adam``)::
 
         g_R = clamp(grad_R, -c, c)          (written back to grad, as Pyro does)
         g_R = g_R + weight_decay * theta_R  (if weight_decay != 0)
@@ -86,7 +86,7 @@ class LazyClippedAdam(RowSparse, ClippedAdam):
 class LazyAdam(RowSparse, Adam):
     r""":class:`Adam` (torch's math) whose large parameters are updated in their touched rows
     only: for the touched rows :math:`R` of a row-tracked parameter, with :math:`k` its step
-    count, the dense update restricted to them::
+    count, the dense update restricted to them (kernel ``_rows_adam``)::
 
         g_R = -grad_R if maximize else grad_R
         theta_R *= 1 - lr * weight_decay            (decoupled_weight_decay)

@@ -19,7 +19,8 @@ class SparseAdagradRMSProp(RowSparse, AdagradRMSProp):
     keeps ``row_step``, the step its sum was last brought up to date at, and when next touched at
     step :math:`k` (the parameter's own step count, as in the dense update) it takes the decay it
     missed and this step's update at once. For the rows :math:`R` of a parameter :math:`\theta`
-    (see :class:`~pyrotrain.optim.rows.RowFinder`), with :math:`j` their ``row_step``:
+    (see :class:`~pyrotrain.optim.rows.RowFinder`), with :math:`j` their ``row_step`` (kernel
+    :func:`_rows_adagrad_rmsprop`):
 
     .. math::
 
