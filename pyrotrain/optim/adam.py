@@ -2,13 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from ._buckets import MultiTensorOptimizer, _Bucket
 from ._kernels import Gathered, TensorList, add_params, addcdiv_params_, per_step_values, sqrt
+
+
+class AdamSettings(NamedTuple):
+    """A param group's settings as the kernels take them (AMSGrad: by its buffer)."""
+
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    maximize: bool
+    decoupled_weight_decay: bool
+
+    @classmethod
+    def of(cls, group: dict) -> AdamSettings:
+        beta1, beta2 = group["betas"]
+        return cls(
+            group["lr"],
+            beta1,
+            beta2,
+            group["eps"],
+            group["weight_decay"],
+            group["maximize"],
+            group["decoupled_weight_decay"],
+        )
 
 
 class Adam(MultiTensorOptimizer):
@@ -124,7 +149,6 @@ class Adam(MultiTensorOptimizer):
     ) -> None:
         steps = b.advance_steps(sel)
         ops = b.operands(grads, sel, steps)
-        beta1, beta2 = group["betas"]
         _multi_tensor_adam(
             ops.params,
             ops.grads,
@@ -132,13 +156,7 @@ class Adam(MultiTensorOptimizer):
             ops.state["exp_avg_sq"],
             ops.state.get("max_exp_avg_sq"),
             steps,
-            beta1=beta1,
-            beta2=beta2,
-            lr=group["lr"],
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            maximize=group["maximize"],
-            decoupled_weight_decay=group["decoupled_weight_decay"],
+            AdamSettings.of(group),
             scratch=ops.scratch,
             gathered=ops.gathered,
         )
@@ -152,19 +170,12 @@ class Adam(MultiTensorOptimizer):
         for key in self._AMSGRAD_KEYS if group["amsgrad"] else self._flat_keys:
             if key not in state:
                 state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        beta1, beta2 = group["betas"]
         _single_tensor_adam(
             p,
             p.grad,
             state,
-            beta1=beta1,
-            beta2=beta2,
-            lr=group["lr"],
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            amsgrad=group["amsgrad"],
-            maximize=group["maximize"],
-            decoupled_weight_decay=group["decoupled_weight_decay"],
+            state.get("max_exp_avg_sq") if group["amsgrad"] else None,
+            AdamSettings.of(group),
         )
 
 
@@ -218,17 +229,11 @@ def _single_tensor_adam(
     p: Tensor,
     grad: Tensor,
     state: dict,
-    *,
-    beta1: float,
-    beta2: float,
-    lr: float,
-    eps: float,
-    weight_decay: float,
-    amsgrad: bool,
-    maximize: bool,
-    decoupled_weight_decay: bool,
+    max_exp_avg_sq: Tensor | None,
+    settings: AdamSettings,
 ) -> None:
-    """torch's per-tensor loop body (``foreach=False``)."""
+    """torch's per-tensor loop body (``foreach=False``); ``max_exp_avg_sq`` given for AMSGrad."""
+    lr, beta1, beta2, eps, weight_decay, maximize, decoupled_weight_decay = settings
     grad = -grad if maximize else grad
     state["step"] = step = int(state["step"]) + 1
     if weight_decay != 0:
@@ -237,7 +242,6 @@ def _single_tensor_adam(
         else:
             grad = grad.add(p, alpha=weight_decay)
     param, exp_avg, exp_avg_sq = p, state["exp_avg"], state["exp_avg_sq"]
-    max_exp_avg_sq = state.get("max_exp_avg_sq") if amsgrad else None
     if torch.is_complex(p):
         param, grad = torch.view_as_real(p), torch.view_as_real(grad)
         exp_avg, exp_avg_sq = torch.view_as_real(exp_avg), torch.view_as_real(exp_avg_sq)
@@ -260,19 +264,14 @@ def _multi_tensor_adam(
     exp_avg_sqs: TensorList,
     max_exp_avg_sqs: TensorList | None,
     steps: int | list[int],
+    settings: AdamSettings,
     *,
-    beta1: float,
-    beta2: float,
-    lr: float,
-    eps: float,
-    weight_decay: float,
-    maximize: bool,
-    decoupled_weight_decay: bool,
     scratch: TensorList | None = None,
     gathered: Gathered | None = None,
 ) -> None:
     """The update of many parameters, per parameter or flat (see :mod:`._kernels`), with the
     operations of :func:`_single_tensor_adam`; ``max_exp_avg_sqs`` given for AMSGrad."""
+    lr, beta1, beta2, eps, weight_decay, maximize, decoupled_weight_decay = settings
     if weight_decay != 0 and decoupled_weight_decay:
         torch._foreach_mul_(params, 1 - lr * weight_decay)
     if maximize:

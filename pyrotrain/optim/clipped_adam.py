@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -18,6 +19,32 @@ from ._kernels import (
     per_step_values,
     pyro_adam_moments_,
 )
+
+
+class ClippedAdamSettings(NamedTuple):
+    """A param group's settings as the kernels take them (DCTAdam's: no weight decay, no
+    centered variance)."""
+
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    clip_norm: float
+    centered_variance: bool
+
+    @classmethod
+    def of(cls, group: dict) -> ClippedAdamSettings:
+        beta1, beta2 = group["betas"]
+        return cls(
+            group["lr"],
+            beta1,
+            beta2,
+            group["eps"],
+            group.get("weight_decay", 0.0),
+            group["clip_norm"],
+            group.get("centered_variance", False),
+        )
 
 
 class ClippedAdam(MultiTensorOptimizer):
@@ -105,20 +132,13 @@ class ClippedAdam(MultiTensorOptimizer):
     ) -> None:
         steps = b.advance_steps(sel)
         ops = b.operands(grads, sel, steps)
-        beta1, beta2 = group["betas"]
         _multi_tensor_clipped_adam(
             ops.params,
             ops.grads,
             ops.state["exp_avg"],
             ops.state["exp_avg_sq"],
             steps,
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            clip_norm=group["clip_norm"],
-            centered_variance=group["centered_variance"],
+            ClippedAdamSettings.of(group),
             scratch=ops.scratch,
             gathered=ops.gathered,
         )
@@ -126,28 +146,33 @@ class ClippedAdam(MultiTensorOptimizer):
     def _step_fallback(self, group: dict, p: Tensor) -> None:
         # for state this class did not lay out
         assert p.grad is not None  # only params with a gradient are stepped
-        _single_tensor_clipped_adam(p, p.grad.data, self.state[p], group)
+        _single_tensor_clipped_adam(p, p.grad.data, self.state[p], ClippedAdamSettings.of(group))
 
 
-def _single_tensor_clipped_adam(p: Tensor, grad: Tensor, state: dict, group: dict) -> None:
+def _single_tensor_clipped_adam(
+    p: Tensor,
+    grad: Tensor,
+    state: dict,
+    settings: ClippedAdamSettings,
+) -> None:
     """Pyro's per-parameter loop body."""
-    grad.clamp_(-group["clip_norm"], group["clip_norm"])
+    lr, beta1, beta2, eps, weight_decay, clip_norm, centered_variance = settings
+    grad.clamp_(-clip_norm, clip_norm)
     if len(state) == 0:
         state["step"] = 0
         state["exp_avg"] = torch.zeros_like(grad)
         state["exp_avg_sq"] = torch.zeros_like(grad)
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-    beta1, beta2 = group["betas"]
     state["step"] += 1
-    if group["weight_decay"] != 0:
-        grad = grad.add(p.data, alpha=group["weight_decay"])
+    if weight_decay != 0:
+        grad = grad.add(p.data, alpha=weight_decay)
     exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-    grad_var = (grad - exp_avg) if group["centered_variance"] else grad
+    grad_var = (grad - exp_avg) if centered_variance else grad
     exp_avg_sq.mul_(beta2).addcmul_(grad_var, grad_var, value=1 - beta2)
-    denom = exp_avg_sq.sqrt().add_(group["eps"])
+    denom = exp_avg_sq.sqrt().add_(eps)
     bias_correction1 = 1 - beta1 ** state["step"]
     bias_correction2 = 1 - beta2 ** state["step"]
-    step_size = group["lr"] * math.sqrt(bias_correction2) / bias_correction1
+    step_size = lr * math.sqrt(bias_correction2) / bias_correction1
     p.data.addcdiv_(exp_avg, denom, value=-step_size)
 
 
@@ -157,19 +182,14 @@ def _multi_tensor_clipped_adam(
     exp_avgs: TensorList,
     exp_avg_sqs: TensorList,
     steps: int | list[int],
+    settings: ClippedAdamSettings,
     *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    clip_norm: float,
-    centered_variance: bool,
     scratch: TensorList | None = None,
     gathered: Gathered | None = None,
 ) -> None:
     """The update of many parameters, per parameter or flat (see :mod:`._kernels`), with the
     operations of :func:`_single_tensor_clipped_adam`."""
+    lr, beta1, beta2, eps, weight_decay, clip_norm, centered_variance = settings
     clip_grads_(grads, clip_norm, gathered)  # p.grad clamped in place, as Pyro
     if weight_decay != 0:
         grads = add_params(grads, params, weight_decay, gathered)

@@ -15,7 +15,7 @@ from torch.nn.functional import pad
 
 from ._buckets import MultiTensorOptimizer, _Bucket
 from ._kernels import TensorList, adam_step_size, clamp_, per_step_values, pyro_adam_moments_
-from .clipped_adam import _multi_tensor_clipped_adam
+from .clipped_adam import ClippedAdamSettings, _multi_tensor_clipped_adam
 
 
 # --------------------------------------------------------------------------- DCT
@@ -312,25 +312,12 @@ class DCTAdam(MultiTensorOptimizer):
     def _update_bucket(
         self, group: dict, b: _Bucket, grads: list[Tensor], sel: list[int] | None
     ) -> None:
-        beta1, beta2 = group["betas"]
-        hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"])
-        clip_norm = group["clip_norm"]
+        settings = ClippedAdamSettings.of(group)  # no weight decay, no centered variance
         steps = b.advance_steps(sel)
         kind = b.info[0]
         if kind == "dct-batched" and sel is None:
             m, v = b.flat["exp_avg"], b.flat["exp_avg_sq"]
-            layout: _DctBatch = b.info[1]
-            _batched_dct_adam(
-                b.params,
-                grads,
-                m,
-                v,
-                steps,
-                clip_norm=clip_norm,
-                layout=layout,
-                d=b.d,
-                **hyper,
-            )
+            _batched_dct_adam(b.params, grads, m, v, steps, settings, layout=b.info[1], d=b.d)
             return
         ops = b.operands(grads, sel, steps)
         m_list, v_list = ops.state["exp_avg"], ops.state["exp_avg_sq"]
@@ -341,12 +328,9 @@ class DCTAdam(MultiTensorOptimizer):
                 m_list,
                 v_list,
                 steps,
-                weight_decay=0.0,
-                clip_norm=clip_norm,
-                centered_variance=False,
+                settings,
                 scratch=ops.scratch,
                 gathered=ops.gathered,
-                **hyper,
             )
             return
         dim, duration = (b.info[1], b.info[2]) if kind == "dct" else (b.info[1].dim, b.info[1].T)
@@ -356,11 +340,10 @@ class DCTAdam(MultiTensorOptimizer):
             m_list,
             v_list,
             steps,
-            clip_norm=clip_norm,
+            settings,
             dim=dim,
             duration=duration,
             scratch=ops.scratch,
-            **hyper,
         )
 
     # ------------------------------------------------------------------ Pyro's per-param code
@@ -379,18 +362,15 @@ def _multi_tensor_dct_adam(
     exp_avgs: TensorList,
     exp_avg_sqs: TensorList,
     steps: int | list[int],
+    settings: ClippedAdamSettings,
     *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    clip_norm: float,
     dim: int,
     duration: int,
     scratch: TensorList | None = None,
 ) -> None:
     """Pyro's update of DCT-marked parameters (time dim ``dim`` of length ``duration``), one
     transform per parameter, per-parameter layout; the unmarked ones take ClippedAdam's."""
+    lr, beta1, beta2, eps, _, clip_norm, _ = settings
     clamp_(grads, clip_norm)  # in place on p.grad, as Pyro
     freq_grads = [_transform_forward(g, dim, duration) for g in grads]
     denoms = pyro_adam_moments_(
@@ -409,18 +389,15 @@ def _batched_dct_adam(
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
     steps: int | list[int],
+    settings: ClippedAdamSettings,
     *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    clip_norm: float,
     layout: _DctBatch,
     d: Tensor,
 ) -> None:
     """:func:`_multi_tensor_dct_adam` with one batched transform over all rows of the params
     (``batch_dct=True``: rounds differently from Pyro's per-parameter FFTs); the state and the
     scratch ``d`` are flat buffers in ``layout``'s rows."""
+    lr, beta1, beta2, eps, _, clip_norm, _ = settings
     T, N = layout.T, layout.N
     clamp_(grads, clip_norm)  # in place on p.grad, as Pyro
     x = layout.to_rows(grads)  # (rows, T)

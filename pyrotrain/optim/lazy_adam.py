@@ -8,8 +8,8 @@ import math
 import torch
 from torch import Tensor
 
-from .adam import Adam
-from .clipped_adam import ClippedAdam
+from .adam import Adam, AdamSettings
+from .clipped_adam import ClippedAdam, ClippedAdamSettings
 from .rows import MIN_ROW_SPARSE_NUMEL, RowSparse
 
 
@@ -64,21 +64,9 @@ class LazyClippedAdam(RowSparse, ClippedAdam):
     def _step_rows(self, group: dict, p: Tensor, index: Tensor, grad: Tensor) -> None:
         state = _moments(self.state[p], p, ("exp_avg", "exp_avg_sq"))
         state["step"] = int(state["step"]) + 1
-        beta1, beta2 = group["betas"]
+        settings = ClippedAdamSettings.of(group)
         _rows_clipped_adam(
-            p,
-            index,
-            grad,
-            state["exp_avg"],
-            state["exp_avg_sq"],
-            state["step"],
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            clip_norm=group["clip_norm"],
-            centered_variance=group["centered_variance"],
+            p, index, grad, state["exp_avg"], state["exp_avg_sq"], state["step"], settings
         )
         self.rows.put(p, index, grad)  # clamped in place: Pyro clamps p.grad
 
@@ -137,7 +125,6 @@ class LazyAdam(RowSparse, Adam):
             self.state[p], p, self._AMSGRAD_KEYS if group["amsgrad"] else self._flat_keys
         )
         state["step"] = int(state["step"]) + 1
-        beta1, beta2 = group["betas"]
         _rows_adam(
             p,
             index,
@@ -146,13 +133,7 @@ class LazyAdam(RowSparse, Adam):
             state["exp_avg_sq"],
             state.get("max_exp_avg_sq") if group["amsgrad"] else None,
             state["step"],
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            maximize=group["maximize"],
-            decoupled_weight_decay=group["decoupled_weight_decay"],
+            AdamSettings.of(group),
         )
 
 
@@ -172,17 +153,11 @@ def _rows_clipped_adam(
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
     k: int,
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    clip_norm: float,
-    centered_variance: bool,
+    settings: ClippedAdamSettings,
 ) -> None:
     """ClippedAdam's update of rows ``index`` of ``p`` (their gradient ``grad``, clamped in
     place) at step ``k``; the other rows' moments and values stay."""
+    lr, beta1, beta2, eps, weight_decay, clip_norm, centered_variance = settings
     g = grad.clamp_(-clip_norm, clip_norm)
     theta = p.index_select(0, index)
     if weight_decay != 0:
@@ -206,17 +181,11 @@ def _rows_adam(
     exp_avg_sq: Tensor,
     max_exp_avg_sq: Tensor | None,
     k: int,
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    maximize: bool,
-    decoupled_weight_decay: bool,
+    settings: AdamSettings,
 ) -> None:
     """torch's Adam update of rows ``index`` of ``p`` (their gradient ``grad``) at step ``k``;
     ``max_exp_avg_sq`` given for AMSGrad. The other rows' moments and values stay."""
+    lr, beta1, beta2, eps, weight_decay, maximize, decoupled_weight_decay = settings
     g = -grad if maximize else grad
     theta = p.index_select(0, index)
     if weight_decay != 0:
