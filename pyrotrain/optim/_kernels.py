@@ -167,6 +167,36 @@ def addcdiv_params_(
         torch._foreach_addcdiv_(params, numerators, denominators, values)
 
 
+class AdamSettings(NamedTuple):
+    """An Adam-family param group's settings as the kernels take them (those a class lacks at
+    their neutral values: no weight decay, no clipping, ...; AMSGrad goes by its buffer)."""
+
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float = 0.0
+    maximize: bool = False
+    decoupled_weight_decay: bool = False
+    clip_norm: float = math.inf
+    centered_variance: bool = False
+
+    @classmethod
+    def of(cls, group: dict) -> AdamSettings:
+        beta1, beta2 = group["betas"]
+        return cls(
+            group["lr"],
+            beta1,
+            beta2,
+            group["eps"],
+            group.get("weight_decay", 0.0),
+            group.get("maximize", False),
+            group.get("decoupled_weight_decay", False),
+            group.get("clip_norm", math.inf),
+            group.get("centered_variance", False),
+        )
+
+
 def adam_step_size(lr: float, beta1: float, beta2: float) -> Callable[[int], float]:
     """``step -> -step_size`` exactly as Pyro's ClippedAdam/DCTAdam compute it."""
 

@@ -2,38 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ._buckets import MultiTensorOptimizer, _Bucket
-from ._kernels import Gathered, TensorList, add_params, addcdiv_params_, per_step_values, sqrt
-
-
-class AdamSettings(NamedTuple):
-    """A param group's settings as the kernels take them (AMSGrad: by its buffer)."""
-
-    lr: float
-    beta1: float
-    beta2: float
-    eps: float
-    weight_decay: float
-    maximize: bool
-    decoupled_weight_decay: bool
-
-    @classmethod
-    def of(cls, group: dict) -> AdamSettings:
-        beta1, beta2 = group["betas"]
-        return cls(
-            group["lr"],
-            beta1,
-            beta2,
-            group["eps"],
-            group["weight_decay"],
-            group["maximize"],
-            group["decoupled_weight_decay"],
-        )
+from ._kernels import (
+    AdamSettings,
+    Gathered,
+    TensorList,
+    add_params,
+    addcdiv_params_,
+    per_step_values,
+    sqrt,
+)
 
 
 class Adam(MultiTensorOptimizer):
@@ -233,7 +216,7 @@ def _single_tensor_adam(
     settings: AdamSettings,
 ) -> None:
     """torch's per-tensor loop body (``foreach=False``); ``max_exp_avg_sq`` given for AMSGrad."""
-    lr, beta1, beta2, eps, weight_decay, maximize, decoupled_weight_decay = settings
+    lr, beta1, beta2, eps, weight_decay, maximize, decoupled_weight_decay, _, _ = settings
     grad = -grad if maximize else grad
     state["step"] = step = int(state["step"]) + 1
     if weight_decay != 0:
@@ -271,7 +254,7 @@ def _multi_tensor_adam(
 ) -> None:
     """The update of many parameters, per parameter or flat (see :mod:`._kernels`), with the
     operations of :func:`_single_tensor_adam`; ``max_exp_avg_sqs`` given for AMSGrad."""
-    lr, beta1, beta2, eps, weight_decay, maximize, decoupled_weight_decay = settings
+    lr, beta1, beta2, eps, weight_decay, maximize, decoupled_weight_decay, _, _ = settings
     if weight_decay != 0 and decoupled_weight_decay:
         torch._foreach_mul_(params, 1 - lr * weight_decay)
     if maximize:

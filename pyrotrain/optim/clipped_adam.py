@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from ._buckets import MultiTensorOptimizer, _Bucket
 from ._kernels import (
+    AdamSettings,
     Gathered,
     TensorList,
     adam_step_size,
@@ -19,32 +19,6 @@ from ._kernels import (
     per_step_values,
     pyro_adam_moments_,
 )
-
-
-class ClippedAdamSettings(NamedTuple):
-    """A param group's settings as the kernels take them (DCTAdam's: no weight decay, no
-    centered variance)."""
-
-    lr: float
-    beta1: float
-    beta2: float
-    eps: float
-    weight_decay: float
-    clip_norm: float
-    centered_variance: bool
-
-    @classmethod
-    def of(cls, group: dict) -> ClippedAdamSettings:
-        beta1, beta2 = group["betas"]
-        return cls(
-            group["lr"],
-            beta1,
-            beta2,
-            group["eps"],
-            group.get("weight_decay", 0.0),
-            group["clip_norm"],
-            group.get("centered_variance", False),
-        )
 
 
 class ClippedAdam(MultiTensorOptimizer):
@@ -138,7 +112,7 @@ class ClippedAdam(MultiTensorOptimizer):
             ops.state["exp_avg"],
             ops.state["exp_avg_sq"],
             steps,
-            ClippedAdamSettings.of(group),
+            AdamSettings.of(group),
             scratch=ops.scratch,
             gathered=ops.gathered,
         )
@@ -146,17 +120,17 @@ class ClippedAdam(MultiTensorOptimizer):
     def _step_fallback(self, group: dict, p: Tensor) -> None:
         # for state this class did not lay out
         assert p.grad is not None  # only params with a gradient are stepped
-        _single_tensor_clipped_adam(p, p.grad.data, self.state[p], ClippedAdamSettings.of(group))
+        _single_tensor_clipped_adam(p, p.grad.data, self.state[p], AdamSettings.of(group))
 
 
 def _single_tensor_clipped_adam(
     p: Tensor,
     grad: Tensor,
     state: dict,
-    settings: ClippedAdamSettings,
+    settings: AdamSettings,
 ) -> None:
     """Pyro's per-parameter loop body."""
-    lr, beta1, beta2, eps, weight_decay, clip_norm, centered_variance = settings
+    lr, beta1, beta2, eps, weight_decay, _, _, clip_norm, centered_variance = settings
     grad.clamp_(-clip_norm, clip_norm)
     if len(state) == 0:
         state["step"] = 0
@@ -182,14 +156,14 @@ def _multi_tensor_clipped_adam(
     exp_avgs: TensorList,
     exp_avg_sqs: TensorList,
     steps: int | list[int],
-    settings: ClippedAdamSettings,
+    settings: AdamSettings,
     *,
     scratch: TensorList | None = None,
     gathered: Gathered | None = None,
 ) -> None:
     """The update of many parameters, per parameter or flat (see :mod:`._kernels`), with the
     operations of :func:`_single_tensor_clipped_adam`."""
-    lr, beta1, beta2, eps, weight_decay, clip_norm, centered_variance = settings
+    lr, beta1, beta2, eps, weight_decay, _, _, clip_norm, centered_variance = settings
     clip_grads_(grads, clip_norm, gathered)  # p.grad clamped in place, as Pyro
     if weight_decay != 0:
         grads = add_params(grads, params, weight_decay, gathered)

@@ -14,8 +14,15 @@ from torch.fft import irfft, rfft
 from torch.nn.functional import pad
 
 from ._buckets import MultiTensorOptimizer, _Bucket
-from ._kernels import TensorList, adam_step_size, clamp_, per_step_values, pyro_adam_moments_
-from .clipped_adam import ClippedAdamSettings, _multi_tensor_clipped_adam
+from ._kernels import (
+    AdamSettings,
+    TensorList,
+    adam_step_size,
+    clamp_,
+    per_step_values,
+    pyro_adam_moments_,
+)
+from .clipped_adam import _multi_tensor_clipped_adam
 
 
 # --------------------------------------------------------------------------- DCT
@@ -312,7 +319,7 @@ class DCTAdam(MultiTensorOptimizer):
     def _update_bucket(
         self, group: dict, b: _Bucket, grads: list[Tensor], sel: list[int] | None
     ) -> None:
-        settings = ClippedAdamSettings.of(group)  # no weight decay, no centered variance
+        settings = AdamSettings.of(group)  # no weight decay, no centered variance
         steps = b.advance_steps(sel)
         kind = b.info[0]
         if kind == "dct-batched" and sel is None:
@@ -320,31 +327,12 @@ class DCTAdam(MultiTensorOptimizer):
             _batched_dct_adam(b.params, grads, m, v, steps, settings, layout=b.info[1], d=b.d)
             return
         ops = b.operands(grads, sel, steps)
-        m_list, v_list = ops.state["exp_avg"], ops.state["exp_avg_sq"]
+        args = (ops.params, ops.grads, ops.state["exp_avg"], ops.state["exp_avg_sq"], steps)
         if kind == "plain":
-            _multi_tensor_clipped_adam(
-                ops.params,
-                ops.grads,
-                m_list,
-                v_list,
-                steps,
-                settings,
-                scratch=ops.scratch,
-                gathered=ops.gathered,
-            )
+            _multi_tensor_clipped_adam(*args, settings, scratch=ops.scratch, gathered=ops.gathered)
             return
         dim, duration = (b.info[1], b.info[2]) if kind == "dct" else (b.info[1].dim, b.info[1].T)
-        _multi_tensor_dct_adam(
-            ops.params,
-            ops.grads,
-            m_list,
-            v_list,
-            steps,
-            settings,
-            dim=dim,
-            duration=duration,
-            scratch=ops.scratch,
-        )
+        _multi_tensor_dct_adam(*args, settings, dim=dim, duration=duration, scratch=ops.scratch)
 
     # ------------------------------------------------------------------ Pyro's per-param code
     # Parameters the buckets don't cover (subsample-aware ones, state laid out otherwise) take
@@ -362,7 +350,7 @@ def _multi_tensor_dct_adam(
     exp_avgs: TensorList,
     exp_avg_sqs: TensorList,
     steps: int | list[int],
-    settings: ClippedAdamSettings,
+    settings: AdamSettings,
     *,
     dim: int,
     duration: int,
@@ -370,7 +358,7 @@ def _multi_tensor_dct_adam(
 ) -> None:
     """Pyro's update of DCT-marked parameters (time dim ``dim`` of length ``duration``), one
     transform per parameter, per-parameter layout; the unmarked ones take ClippedAdam's."""
-    lr, beta1, beta2, eps, _, clip_norm, _ = settings
+    lr, beta1, beta2, eps, _, _, _, clip_norm, _ = settings
     clamp_(grads, clip_norm)  # in place on p.grad, as Pyro
     freq_grads = [_transform_forward(g, dim, duration) for g in grads]
     denoms = pyro_adam_moments_(
@@ -389,7 +377,7 @@ def _batched_dct_adam(
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
     steps: int | list[int],
-    settings: ClippedAdamSettings,
+    settings: AdamSettings,
     *,
     layout: _DctBatch,
     d: Tensor,
@@ -397,7 +385,7 @@ def _batched_dct_adam(
     """:func:`_multi_tensor_dct_adam` with one batched transform over all rows of the params
     (``batch_dct=True``: rounds differently from Pyro's per-parameter FFTs); the state and the
     scratch ``d`` are flat buffers in ``layout``'s rows."""
-    lr, beta1, beta2, eps, _, clip_norm, _ = settings
+    lr, beta1, beta2, eps, _, _, _, clip_norm, _ = settings
     T, N = layout.T, layout.N
     clamp_(grads, clip_norm)  # in place on p.grad, as Pyro
     x = layout.to_rows(grads)  # (rows, T)

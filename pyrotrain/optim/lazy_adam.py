@@ -8,8 +8,9 @@ import math
 import torch
 from torch import Tensor
 
-from .adam import Adam, AdamSettings
-from .clipped_adam import ClippedAdam, ClippedAdamSettings
+from ._kernels import AdamSettings
+from .adam import Adam
+from .clipped_adam import ClippedAdam
 from .rows import MIN_ROW_SPARSE_NUMEL, RowSparse
 
 
@@ -64,7 +65,7 @@ class LazyClippedAdam(RowSparse, ClippedAdam):
     def _step_rows(self, group: dict, p: Tensor, index: Tensor, grad: Tensor) -> None:
         state = _moments(self.state[p], p, ("exp_avg", "exp_avg_sq"))
         state["step"] = int(state["step"]) + 1
-        settings = ClippedAdamSettings.of(group)
+        settings = AdamSettings.of(group)
         _rows_clipped_adam(
             p, index, grad, state["exp_avg"], state["exp_avg_sq"], state["step"], settings
         )
@@ -153,11 +154,11 @@ def _rows_clipped_adam(
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
     k: int,
-    settings: ClippedAdamSettings,
+    settings: AdamSettings,
 ) -> None:
     """ClippedAdam's update of rows ``index`` of ``p`` (their gradient ``grad``, clamped in
     place) at step ``k``; the other rows' moments and values stay."""
-    lr, beta1, beta2, eps, weight_decay, clip_norm, centered_variance = settings
+    lr, beta1, beta2, eps, weight_decay, _, _, clip_norm, centered_variance = settings
     g = grad.clamp_(-clip_norm, clip_norm)
     theta = p.index_select(0, index)
     if weight_decay != 0:
@@ -185,7 +186,7 @@ def _rows_adam(
 ) -> None:
     """torch's Adam update of rows ``index`` of ``p`` (their gradient ``grad``) at step ``k``;
     ``max_exp_avg_sq`` given for AMSGrad. The other rows' moments and values stay."""
-    lr, beta1, beta2, eps, weight_decay, maximize, decoupled_weight_decay = settings
+    lr, beta1, beta2, eps, weight_decay, maximize, decoupled_weight_decay, _, _ = settings
     g = -grad if maximize else grad
     theta = p.index_select(0, index)
     if weight_decay != 0:
