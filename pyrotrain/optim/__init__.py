@@ -4,8 +4,8 @@ from .adagrad_rmsprop import AdagradRMSProp
 from .adam import Adam, AdamW
 from .clipped_adam import ClippedAdam
 from .dct_adam import DCTAdam
-from .schedulers import build_scheduler
-from .spec import DCTMark, GroupSpec, SchedulerSpec, parse_groups
+from .schedulers import SchedulerSpec, build_scheduler
+from .spec import DCTMark, GroupSpec, parse_groups
 from .stack import OptimizerStack
 
 __all__ = [

@@ -5,7 +5,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._foreach import MultiTensorOptimizer, TensorList, _Bucket, addcdiv_params_, per_step_values
+from ._buckets import MultiTensorOptimizer, _Bucket
+from ._kernels import (
+    Gathered,
+    TensorList,
+    addcdiv_params_,
+    mul,
+    mul_to,
+    per_step_values,
+    split_steps,
+    sqrt,
+)
 
 
 class AdagradRMSProp(MultiTensorOptimizer):
@@ -16,16 +26,19 @@ class AdagradRMSProp(MultiTensorOptimizer):
     parameter at construction, as Pyro does) and floating-point results as Pyro's
     class, but all parameters of a param group are updated together with
     ``torch._foreach_*`` calls and flat state buffers (see
-    :mod:`pyrotrain.optim._foreach`).
+    :mod:`pyrotrain.optim._buckets`).
 
-    For every parameter :math:`\theta` whose ``grad`` :math:`g` is not ``None``, with
-    :math:`k` its own step count after incrementing:
+    The algorithm (what the kernels ``_single_tensor_adagrad_rmsprop``, per parameter, and
+    ``_multi_tensor_adagrad_rmsprop``, a bucket at once, compute, in this order)::
 
-    .. math::
-
-        s &\leftarrow g^2 \quad\text{if } k = 1, \qquad
-        s \leftarrow (1 - t)\, s + t\, g^2 \quad\text{otherwise} \\
-        \theta &\leftarrow \theta - \eta\, k^{-1/2 + \delta}\, \frac{g}{1 + \sqrt{s}}
+        input:  params theta, step size eta, momentum t, delta
+        state:  per param: step k = 0, sum s = 0
+        at every step(), for every theta whose grad g is not None:
+            k = k + 1
+            s = g * g                               if k == 1
+            s = s * (1 - t) + (t * g) * g           otherwise
+            theta = theta + (-eta * k^(-1/2 + delta)) * g / (1 + sqrt(s))
+        output: theta
 
     :param params: iterable of parameters to optimize or dicts defining parameter groups
     :param eta: sets the step size scale (optional; default: 1.0)
@@ -83,81 +96,76 @@ class AdagradRMSProp(MultiTensorOptimizer):
     def _update_bucket(
         self, group: dict, b: _Bucket, grads: list[Tensor], sel: list[int] | None
     ) -> None:
-        t = group["t"]
-        eta, delta = group["eta"], group["delta"]
         steps = b.advance_steps(sel)
-        d_views: TensorList
-        if sel is None and isinstance(steps, int):
-            # all params of the bucket, all at the same step
-            S = b.flat["sum"]
-            if b.gather:
-                G = b.gather_(grads)
-                if steps == 1:
-                    torch.mul(G, G, out=S)  # state["sum"] = grad * grad
-                else:
-                    S.mul_(1.0 - t)  # state["sum"] *= 1.0 - t
-                    tmp = torch.mul(G, t, out=b.d)  # t * grad
-                    tmp.mul_(G)  # (t * grad) * grad
-                    S.add_(tmp)  # state["sum"] += t * grad * grad
-            else:
-                s_views = b.views["sum"]
-                if steps == 1:
-                    torch._foreach_copy_(s_views, torch._foreach_mul(grads, grads))
-                else:
-                    S.mul_(1.0 - t)
-                    tmps = torch._foreach_mul(grads, t)
-                    torch._foreach_mul_(tmps, grads)
-                    torch._foreach_add_(s_views, tmps)
-                    del tmps
-            torch.sqrt(S, out=b.d)  # std = state["sum"].sqrt()
-            b.d.add_(1.0)  # 1.0 + std
-            params, d_views = b.params, b.dviews
-            lr = eta * (steps ** (-0.5 + delta))
-            values: float | list[float] = -lr
-            g_flat = b.g if b.gather else None
-        else:
-            if sel is None:
-                sel = list(range(len(b)))
-                if isinstance(steps, int):
-                    steps = [steps] * len(sel)
-            assert isinstance(steps, list)
-            s_views = [b.views["sum"][j] for j in sel]
-            first = [k for k, s in enumerate(steps) if s == 1]
-            later = [k for k, s in enumerate(steps) if s != 1]
-            if first:
-                g_first = [grads[k] for k in first]
-                torch._foreach_copy_(
-                    [s_views[k] for k in first], torch._foreach_mul(g_first, g_first)
-                )
-            if later:
-                g_later = [grads[k] for k in later]
-                s_later = [s_views[k] for k in later]
-                torch._foreach_mul_(s_later, 1.0 - t)
-                tmps = torch._foreach_mul(g_later, t)
-                torch._foreach_mul_(tmps, g_later)
-                torch._foreach_add_(s_later, tmps)
-                del tmps
-            d_views = torch._foreach_sqrt(s_views)
-            torch._foreach_add_(d_views, 1.0)
-            params = [b.params[j] for j in sel]
-            values = per_step_values(steps, lambda k: -(eta * (k ** (-0.5 + delta))))
-            g_flat = None
-        # p.data.addcdiv_(grad, 1.0 + std, value=-lr)
-        addcdiv_params_(b, sel, params, grads, g_flat, d_views, values)
+        ops = b.operands(grads, sel, steps)
+        _multi_tensor_adagrad_rmsprop(
+            ops.params,
+            ops.grads,
+            ops.state["sum"],
+            steps,
+            eta=group["eta"],
+            delta=group["delta"],
+            t=group["t"],
+            scratch=ops.scratch,
+            gathered=ops.gathered,
+        )
 
     def _step_fallback(self, group: dict, p: Tensor) -> None:
-        # Pyro's per-parameter loop body, for state this class did not lay out.
+        # for state this class did not lay out
         assert p.grad is not None  # only params with a gradient are stepped
-        grad = p.grad.data
-        if grad.is_sparse:
-            raise NotImplementedError
-        state = self.state[p]
-        state["step"] += 1
-        if state["step"] == 1:
-            state["sum"] = grad * grad
-        else:
-            state["sum"] *= 1.0 - group["t"]
-            state["sum"] += group["t"] * grad * grad
-        lr = group["eta"] * (state["step"] ** (-0.5 + group["delta"]))
-        std = state["sum"].sqrt()
-        p.data.addcdiv_(grad, 1.0 + std, value=-lr)
+        _single_tensor_adagrad_rmsprop(
+            p, p.grad.data, self.state[p], eta=group["eta"], delta=group["delta"], t=group["t"]
+        )
+
+
+def _single_tensor_adagrad_rmsprop(
+    p: Tensor, grad: Tensor, state: dict, *, eta: float, delta: float, t: float
+) -> None:
+    """Pyro's per-parameter loop body."""
+    if grad.is_sparse:
+        raise NotImplementedError
+    state["step"] += 1
+    if state["step"] == 1:
+        state["sum"] = grad * grad
+    else:
+        state["sum"] *= 1.0 - t
+        state["sum"] += t * grad * grad
+    lr = eta * (state["step"] ** (-0.5 + delta))
+    std = state["sum"].sqrt()
+    p.data.addcdiv_(grad, 1.0 + std, value=-lr)
+
+
+def _multi_tensor_adagrad_rmsprop(
+    params: list[Tensor],
+    grads: TensorList,
+    sums: TensorList,
+    steps: int | list[int],
+    *,
+    eta: float,
+    delta: float,
+    t: float,
+    scratch: TensorList | None = None,
+    gathered: Gathered | None = None,
+) -> None:
+    """The update of many parameters, per parameter or flat (see :mod:`._kernels`); ``steps``
+    is one common step or one per parameter (after incrementing)."""
+    first, later = split_steps(steps, len(sums))
+    if first:
+        g = _pick(grads, first)
+        mul_to(_pick(sums, first), g, g)  # state["sum"] = grad * grad
+    if later:
+        g, s = _pick(grads, later), _pick(sums, later)
+        torch._foreach_mul_(s, 1.0 - t)  # state["sum"] *= 1.0 - t
+        tmps = mul(g, t, None if scratch is None else _pick(scratch, later))  # t * grad
+        torch._foreach_mul_(tmps, g)  # (t * grad) * grad
+        torch._foreach_add_(s, tmps)  # state["sum"] += t * grad * grad
+        del tmps
+    denoms = sqrt(sums, scratch)  # std = state["sum"].sqrt()
+    torch._foreach_add_(denoms, 1.0)  # 1.0 + std
+    values = per_step_values(steps, lambda k: -(eta * (k ** (-0.5 + delta))))  # -lr
+    # p.data.addcdiv_(grad, 1.0 + std, value=-lr)
+    addcdiv_params_(params, grads, denoms, values, gathered)
+
+
+def _pick(xs: TensorList, index: list[int]) -> TensorList:
+    return xs if len(index) == len(xs) else [xs[k] for k in index]

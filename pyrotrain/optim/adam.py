@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ._foreach import MultiTensorOptimizer, TensorList, _Bucket, addcdiv_params_, per_step_values
+from ._buckets import MultiTensorOptimizer, _Bucket
+from ._kernels import (
+    AdamSettings,
+    Gathered,
+    TensorList,
+    add_params,
+    addcdiv_params_,
+    per_step_values,
+    sqrt,
+)
 
 
 class Adam(MultiTensorOptimizer):
@@ -18,16 +27,22 @@ class Adam(MultiTensorOptimizer):
     loop (``foreach=False``), but the moments of a group live in flat buffers and small
     parameters' gradients are gathered into one, so a step over hundreds of small
     parameters is a dozen kernels instead of a dozen per parameter (see
-    :mod:`pyrotrain.optim._foreach`). For every parameter :math:`\theta` whose ``grad`` is
-    not ``None`` (with :math:`t` its own step count)::
+    :mod:`pyrotrain.optim._buckets`). The algorithm (what the kernels ``_single_tensor_adam``,
+    per parameter, and ``_multi_tensor_adam``, a bucket at once, compute, in this order)::
 
-        g = -grad if maximize else grad
-        theta *= 1 - lr * weight_decay              (decoupled_weight_decay)
-        g = g + weight_decay * theta                (otherwise, if weight_decay != 0)
-        m = m.lerp(g, 1 - beta1)
-        v = beta2 * v + (1 - beta2) * g * g
-        v_max = max(v_max, v)                       (amsgrad; then v_max replaces v below)
-        theta -= lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+        input:  params theta, lr, betas (beta1, beta2), eps, weight_decay, amsgrad, maximize,
+                decoupled_weight_decay
+        state:  per param: step t = 0, m = 0, v = 0 (and v_max = 0 with amsgrad)
+        at every step(), for every theta whose grad is not None:
+            t = t + 1
+            g = -grad if maximize else grad
+            theta *= 1 - lr * weight_decay          (decoupled_weight_decay)
+            g = g + weight_decay * theta            (otherwise, if weight_decay != 0)
+            m = m.lerp(g, 1 - beta1)
+            v = beta2 * v + (1 - beta2) * g * g
+            v_max = max(v_max, v)                   (amsgrad; then v_max replaces v below)
+            theta -= lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+        output: theta
 
     :param params: iterable of parameters to optimize or dicts defining parameter groups
     :param lr: learning rate (default: 1e-3)
@@ -44,6 +59,11 @@ class Adam(MultiTensorOptimizer):
     learning rate must be a number; ``foreach``, ``fused``, ``capturable`` and
     ``differentiable`` are not taken (the ``torch_adam`` registry name is torch's class).
     Sparse gradients are refused, as torch does.
+
+    References: `Adam: A Method for Stochastic Optimization`, Kingma and Ba,
+    https://arxiv.org/abs/1412.6980; `Decoupled Weight Decay Regularization`, Loshchilov and
+    Hutter, https://arxiv.org/abs/1711.05101; `On the Convergence of Adam and Beyond`, Reddi et
+    al., https://openreview.net/forum?id=ryQu7f-RZ (AMSGrad).
     """
 
     _flat_keys = ("exp_avg", "exp_avg_sq")
@@ -110,89 +130,36 @@ class Adam(MultiTensorOptimizer):
     def _update_bucket(
         self, group: dict, b: _Bucket, grads: list[Tensor], sel: list[int] | None
     ) -> None:
-        beta1, beta2 = group["betas"]
-        lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
-        amsgrad = b.info == ("amsgrad",)
         steps = b.advance_steps(sel)
-        full = sel is None
-        params = b.params if sel is None else [b.params[j] for j in sel]
-        if weight_decay != 0 and group["decoupled_weight_decay"]:
-            torch._foreach_mul_(params, 1 - lr * weight_decay)
-        keys = self._state_keys(b.info)
-        flat = full and b.gather and isinstance(steps, int)
-        if flat:
-            # one kernel per operation over the whole bucket
-            G = b.gather_(grads)
-            if group["maximize"]:
-                G.neg_()
-            if weight_decay != 0 and not group["decoupled_weight_decay"]:
-                torch._foreach_copy_(b.dviews, params)  # the scratch holds the params for now
-                G.add_(b.d, alpha=weight_decay)
-            M, V = b.flat["exp_avg"], b.flat["exp_avg_sq"]
-            M.lerp_(G, 1 - beta1)
-            V.mul_(beta2).addcmul_(G, G, value=1 - beta2)
-            if amsgrad:
-                V = torch.maximum(b.flat["max_exp_avg_sq"], V, out=b.flat["max_exp_avg_sq"])
-            torch.sqrt(V, out=b.d)
-            denoms: TensorList = b.dviews
-        else:
-            views = {k: b.views[k] if sel is None else [b.views[k][j] for j in sel] for k in keys}
-            g_list = torch._foreach_neg(grads) if group["maximize"] else grads
-            if weight_decay != 0 and not group["decoupled_weight_decay"]:
-                g_list = torch._foreach_add(g_list, params, alpha=weight_decay)
-            torch._foreach_lerp_(views["exp_avg"], g_list, 1 - beta1)
-            torch._foreach_mul_(views["exp_avg_sq"], beta2)
-            torch._foreach_addcmul_(views["exp_avg_sq"], g_list, g_list, value=1 - beta2)
-            v_list = views["exp_avg_sq"]
-            if amsgrad:
-                torch._foreach_maximum_(views["max_exp_avg_sq"], v_list)
-                v_list = views["max_exp_avg_sq"]
-            denoms = torch._foreach_sqrt(v_list)
-        # denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
-        sqrt_bc2 = per_step_values(steps, lambda t: (1 - beta2**t) ** 0.5)
-        if flat:
-            b.d.div_(cast(float, sqrt_bc2)).add_(eps)  # one common step: a float
-        else:
-            torch._foreach_div_(denoms, sqrt_bc2)
-            torch._foreach_add_(denoms, eps)
-        # param.addcdiv_(exp_avg, denom, value=-step_size), step_size = lr / bias_correction1
-        values = per_step_values(steps, lambda t: -(lr / (1 - beta1**t)))
-        m_views = b.views["exp_avg"] if sel is None else [b.views["exp_avg"][j] for j in sel]
-        addcdiv_params_(b, sel, params, m_views, b.flat["exp_avg"], denoms, values)
+        ops = b.operands(grads, sel, steps)
+        _multi_tensor_adam(
+            ops.params,
+            ops.grads,
+            ops.state["exp_avg"],
+            ops.state["exp_avg_sq"],
+            ops.state.get("max_exp_avg_sq"),
+            steps,
+            AdamSettings.of(group),
+            scratch=ops.scratch,
+            gathered=ops.gathered,
+        )
 
     def _step_fallback(self, group: dict, p: Tensor) -> None:
-        # torch's per-tensor loop body (foreach=False), for state this class did not lay out
+        # for state this class did not lay out
         assert p.grad is not None  # only params with a gradient are stepped
-        grad = -p.grad if group["maximize"] else p.grad
         state = self.state[p]
         if not state:
             state["step"] = 0
         for key in self._AMSGRAD_KEYS if group["amsgrad"] else self._flat_keys:
             if key not in state:
                 state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        beta1, beta2 = group["betas"]
-        lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
-        state["step"] = step = int(state["step"]) + 1
-        if weight_decay != 0:
-            if group["decoupled_weight_decay"]:
-                p.mul_(1 - lr * weight_decay)
-            else:
-                grad = grad.add(p, alpha=weight_decay)
-        param, exp_avg, exp_avg_sq = p, state["exp_avg"], state["exp_avg_sq"]
-        max_exp_avg_sq = state.get("max_exp_avg_sq") if group["amsgrad"] else None
-        if torch.is_complex(p):
-            param, grad = torch.view_as_real(p), torch.view_as_real(grad)
-            exp_avg, exp_avg_sq = torch.view_as_real(exp_avg), torch.view_as_real(exp_avg_sq)
-            if max_exp_avg_sq is not None:
-                max_exp_avg_sq = torch.view_as_real(max_exp_avg_sq)
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad.conj(), value=1 - beta2)
-        if max_exp_avg_sq is not None:
-            torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
-            exp_avg_sq = max_exp_avg_sq
-        step_size = lr / (1 - beta1**step)
-        denom = (exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
-        param.addcdiv_(exp_avg, denom, value=-step_size)
+        _single_tensor_adam(
+            p,
+            p.grad,
+            state,
+            state.get("max_exp_avg_sq") if group["amsgrad"] else None,
+            AdamSettings.of(group),
+        )
 
 
 class AdamW(Adam):
@@ -239,3 +206,75 @@ def _check_args(lr: Any, betas: Any, eps: Any, weight_decay: Any) -> None:
         raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
     if not 0.0 <= weight_decay:
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+
+
+def _single_tensor_adam(
+    p: Tensor,
+    grad: Tensor,
+    state: dict,
+    max_exp_avg_sq: Tensor | None,
+    settings: AdamSettings,
+) -> None:
+    """torch's per-tensor loop body (``foreach=False``); ``max_exp_avg_sq`` given for AMSGrad."""
+    lr, beta1, beta2, eps, weight_decay, maximize, decoupled_weight_decay, _, _ = settings
+    grad = -grad if maximize else grad
+    state["step"] = step = int(state["step"]) + 1
+    if weight_decay != 0:
+        if decoupled_weight_decay:
+            p.mul_(1 - lr * weight_decay)
+        else:
+            grad = grad.add(p, alpha=weight_decay)
+    param, exp_avg, exp_avg_sq = p, state["exp_avg"], state["exp_avg_sq"]
+    if torch.is_complex(p):
+        param, grad = torch.view_as_real(p), torch.view_as_real(grad)
+        exp_avg, exp_avg_sq = torch.view_as_real(exp_avg), torch.view_as_real(exp_avg_sq)
+        if max_exp_avg_sq is not None:
+            max_exp_avg_sq = torch.view_as_real(max_exp_avg_sq)
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad.conj(), value=1 - beta2)
+    if max_exp_avg_sq is not None:
+        torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        exp_avg_sq = max_exp_avg_sq
+    step_size = lr / (1 - beta1**step)
+    denom = (exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
+    param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+def _multi_tensor_adam(
+    params: list[Tensor],
+    grads: TensorList,
+    exp_avgs: TensorList,
+    exp_avg_sqs: TensorList,
+    max_exp_avg_sqs: TensorList | None,
+    steps: int | list[int],
+    settings: AdamSettings,
+    *,
+    scratch: TensorList | None = None,
+    gathered: Gathered | None = None,
+) -> None:
+    """The update of many parameters, per parameter or flat (see :mod:`._kernels`), with the
+    operations of :func:`_single_tensor_adam`; ``max_exp_avg_sqs`` given for AMSGrad."""
+    lr, beta1, beta2, eps, weight_decay, maximize, decoupled_weight_decay, _, _ = settings
+    if weight_decay != 0 and decoupled_weight_decay:
+        torch._foreach_mul_(params, 1 - lr * weight_decay)
+    if maximize:
+        if gathered is None:
+            grads = torch._foreach_neg(grads)
+        else:
+            torch._foreach_neg_(grads)  # the kernel's own gathered copy
+    if weight_decay != 0 and not decoupled_weight_decay:
+        grads = add_params(grads, params, weight_decay, gathered)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+    v = exp_avg_sqs
+    if max_exp_avg_sqs is not None:
+        torch._foreach_maximum_(max_exp_avg_sqs, v)
+        v = max_exp_avg_sqs
+    # denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
+    denoms = sqrt(v, scratch)
+    torch._foreach_div_(denoms, per_step_values(steps, lambda t: (1 - beta2**t) ** 0.5))
+    torch._foreach_add_(denoms, eps)
+    # param.addcdiv_(exp_avg, denom, value=-step_size), step_size = lr / bias_correction1
+    values = per_step_values(steps, lambda t: -(lr / (1 - beta1**t)))
+    addcdiv_params_(params, exp_avgs, denoms, values, gathered)

@@ -7,13 +7,17 @@ import math
 import torch
 from torch import Tensor
 
-from ._foreach import (
-    MultiTensorOptimizer,
-    _Bucket,
-    adam_moments,
+from ._buckets import MultiTensorOptimizer, _Bucket
+from ._kernels import (
+    AdamSettings,
+    Gathered,
+    TensorList,
     adam_step_size,
+    add_params,
     addcdiv_params_,
+    clip_grads_,
     per_step_values,
+    pyro_adam_moments_,
 )
 
 
@@ -24,22 +28,24 @@ class ClippedAdam(MultiTensorOptimizer):
     Same arguments, defaults, state keys (``step``, ``exp_avg``, ``exp_avg_sq``) and
     floating-point results as Pyro's class, but all parameters of a param group are
     updated together with ``torch._foreach_*`` calls and flat state buffers (see
-    :mod:`pyrotrain.optim._foreach`).
+    :mod:`pyrotrain.optim._buckets`).
 
-    At every call of :meth:`step`, for every param group, first
-    :math:`\eta \leftarrow \eta \cdot \mathrm{lrd}`, then for every parameter
-    :math:`\theta` whose ``grad`` is not ``None`` (with :math:`t` its own step count):
+    The algorithm (what the kernels ``_single_tensor_clipped_adam``, per parameter, and
+    ``_multi_tensor_clipped_adam``, a bucket at once, compute, in this order)::
 
-    .. math::
-
-        g &\leftarrow \mathrm{clamp}(\nabla_\theta, -c, c)
-            \quad\text{(written back to } \theta.\mathrm{grad}\text{)} \\
-        g &\leftarrow g + \lambda\,\theta \quad\text{(if } \lambda \neq 0) \\
-        m &\leftarrow \beta_1 m + (1 - \beta_1) g \\
-        v &\leftarrow \beta_2 v + (1 - \beta_2) s^2, \quad
-            s = g - m \text{ if centered\_variance else } g \\
-        \theta &\leftarrow \theta - \frac{\eta \sqrt{1 - \beta_2^t}}{1 - \beta_1^t}
-            \cdot \frac{m}{\sqrt{v} + \epsilon}
+        input:  params theta, lr, betas (beta1, beta2), eps, weight_decay, clip_norm c, lrd,
+                centered_variance
+        state:  per param: step t = 0, m = 0, v = 0
+        at every step(), for every param group: lr = lr * lrd; then for every theta whose
+        grad is not None:
+            t = t + 1
+            g = clamp(grad, -c, c)                  (written back to grad)
+            g = g + weight_decay * theta            (if weight_decay != 0)
+            m = beta1 * m + (1 - beta1) * g
+            s = g - m if centered_variance else g
+            v = beta2 * v + (1 - beta2) * s * s
+            theta -= lr * sqrt(1 - beta2**t) / (1 - beta1**t) * m / (sqrt(v) + eps)
+        output: theta
 
     :param params: iterable of parameters to optimize or dicts defining parameter groups
     :param lr: learning rate :math:`\eta` (default: 1e-3)
@@ -98,41 +104,79 @@ class ClippedAdam(MultiTensorOptimizer):
     def _update_bucket(
         self, group: dict, b: _Bucket, grads: list[Tensor], sel: list[int] | None
     ) -> None:
-        beta1, beta2 = group["betas"]
         steps = b.advance_steps(sel)
-        params, m_views, d_views = adam_moments(
-            b,
-            grads,
-            sel,
-            group,
-            clip_norm=group["clip_norm"],
-            weight_decay=group["weight_decay"],
-            centered_variance=group["centered_variance"],
+        ops = b.operands(grads, sel, steps)
+        _multi_tensor_clipped_adam(
+            ops.params,
+            ops.grads,
+            ops.state["exp_avg"],
+            ops.state["exp_avg_sq"],
+            steps,
+            AdamSettings.of(group),
+            scratch=ops.scratch,
+            gathered=ops.gathered,
         )
-        values = per_step_values(steps, adam_step_size(group, beta1, beta2))
-        # p.data.addcdiv_(exp_avg, denom, value=-step_size)
-        addcdiv_params_(b, sel, params, m_views, b.flat["exp_avg"], d_views, values)
 
     def _step_fallback(self, group: dict, p: Tensor) -> None:
-        # Pyro's per-parameter loop body, for state this class did not lay out.
+        # for state this class did not lay out
         assert p.grad is not None  # only params with a gradient are stepped
-        grad = p.grad.data
-        grad.clamp_(-group["clip_norm"], group["clip_norm"])
-        state = self.state[p]
-        if len(state) == 0:
-            state["step"] = 0
-            state["exp_avg"] = torch.zeros_like(grad)
-            state["exp_avg_sq"] = torch.zeros_like(grad)
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        beta1, beta2 = group["betas"]
-        state["step"] += 1
-        if group["weight_decay"] != 0:
-            grad = grad.add(p.data, alpha=group["weight_decay"])
-        exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-        grad_var = (grad - exp_avg) if group["centered_variance"] else grad
-        exp_avg_sq.mul_(beta2).addcmul_(grad_var, grad_var, value=1 - beta2)
-        denom = exp_avg_sq.sqrt().add_(group["eps"])
-        bias_correction1 = 1 - beta1 ** state["step"]
-        bias_correction2 = 1 - beta2 ** state["step"]
-        step_size = group["lr"] * math.sqrt(bias_correction2) / bias_correction1
-        p.data.addcdiv_(exp_avg, denom, value=-step_size)
+        _single_tensor_clipped_adam(p, p.grad.data, self.state[p], AdamSettings.of(group))
+
+
+def _single_tensor_clipped_adam(
+    p: Tensor,
+    grad: Tensor,
+    state: dict,
+    settings: AdamSettings,
+) -> None:
+    """Pyro's per-parameter loop body."""
+    lr, beta1, beta2, eps, weight_decay, _, _, clip_norm, centered_variance = settings
+    grad.clamp_(-clip_norm, clip_norm)
+    if len(state) == 0:
+        state["step"] = 0
+        state["exp_avg"] = torch.zeros_like(grad)
+        state["exp_avg_sq"] = torch.zeros_like(grad)
+    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+    state["step"] += 1
+    if weight_decay != 0:
+        grad = grad.add(p.data, alpha=weight_decay)
+    exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+    grad_var = (grad - exp_avg) if centered_variance else grad
+    exp_avg_sq.mul_(beta2).addcmul_(grad_var, grad_var, value=1 - beta2)
+    denom = exp_avg_sq.sqrt().add_(eps)
+    bias_correction1 = 1 - beta1 ** state["step"]
+    bias_correction2 = 1 - beta2 ** state["step"]
+    step_size = lr * math.sqrt(bias_correction2) / bias_correction1
+    p.data.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+def _multi_tensor_clipped_adam(
+    params: list[Tensor],
+    grads: TensorList,
+    exp_avgs: TensorList,
+    exp_avg_sqs: TensorList,
+    steps: int | list[int],
+    settings: AdamSettings,
+    *,
+    scratch: TensorList | None = None,
+    gathered: Gathered | None = None,
+) -> None:
+    """The update of many parameters, per parameter or flat (see :mod:`._kernels`), with the
+    operations of :func:`_single_tensor_clipped_adam`."""
+    lr, beta1, beta2, eps, weight_decay, _, _, clip_norm, centered_variance = settings
+    clip_grads_(grads, clip_norm, gathered)  # p.grad clamped in place, as Pyro
+    if weight_decay != 0:
+        grads = add_params(grads, params, weight_decay, gathered)
+    denoms = pyro_adam_moments_(
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        centered_variance=centered_variance,
+        denoms=scratch,
+    )
+    values = per_step_values(steps, adam_step_size(lr, beta1, beta2))
+    # p.data.addcdiv_(exp_avg, denom, value=-step_size)
+    addcdiv_params_(params, exp_avgs, denoms, values, gathered)

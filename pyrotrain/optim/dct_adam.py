@@ -13,16 +13,16 @@ from torch import Tensor
 from torch.fft import irfft, rfft
 from torch.nn.functional import pad
 
-from ._foreach import (
-    MultiTensorOptimizer,
+from ._buckets import MultiTensorOptimizer, _Bucket
+from ._kernels import (
+    AdamSettings,
     TensorList,
-    _Bucket,
-    adam_moments,
     adam_step_size,
-    addcdiv_params_,
     clamp_,
     per_step_values,
+    pyro_adam_moments_,
 )
+from .clipped_adam import _multi_tensor_clipped_adam
 
 
 # --------------------------------------------------------------------------- DCT
@@ -168,23 +168,26 @@ class DCTAdam(MultiTensorOptimizer):
 
     Same arguments, defaults, state keys and floating-point operations as Pyro's class,
     but all parameters of a param group are updated together with ``torch._foreach_*``
-    calls and flat state buffers (see :mod:`pyrotrain.optim._foreach`).
+    calls and flat state buffers (see :mod:`pyrotrain.optim._buckets`).
 
-    At every call of :meth:`step`, for every param group, first
-    :math:`\eta \leftarrow \eta \cdot \mathrm{lrd}`, then for every parameter
-    :math:`\theta` whose ``grad`` is not ``None`` (with :math:`t` its step count):
+    The algorithm (kernels: ``_multi_tensor_clipped_adam`` for unmarked params,
+    ``_multi_tensor_dct_adam`` for marked ones, ``_batched_dct_adam`` with ``batch_dct``; the
+    per-parameter and subsample-aware paths are Pyro's own methods)::
 
-    .. math::
-
-        g &\leftarrow \mathrm{clamp}(\nabla_\theta, -c, c)
-            \quad\text{(written back to } \theta.\mathrm{grad}\text{)} \\
-        \tilde g &= [\,g,\ \mathrm{DCT}(\mathrm{pad}(g))\,] \text{ along the time dim
-            if marked, else } g \\
-        m &\leftarrow \beta_1 m + (1 - \beta_1) \tilde g, \qquad
-        v \leftarrow \beta_2 v + (1 - \beta_2) \tilde g^2 \\
-        u &= m / (\sqrt{v} + \epsilon), \qquad
-        \Delta = u \text{ if unmarked, else } u_{:T} + \mathrm{IDCT}(u_{T:})_{:T} \\
-        \theta &\leftarrow \theta - \frac{\eta \sqrt{1 - \beta_2^t}}{1 - \beta_1^t}\,\Delta
+        input:  params theta, lr, betas (beta1, beta2), eps, clip_norm c, lrd
+        state:  per param: step t = 0, m = 0, v = 0 (along a marked time dim of length T,
+                of length T + N, N = next_fast_len(T))
+        at every step(), for every param group: lr = lr * lrd; then for every theta whose
+        grad is not None:
+            t = t + 1
+            g = clamp(grad, -c, c)                  (written back to grad)
+            g = [g, DCT(pad(g, N))] along the time dim   (if marked)
+            m = beta1 * m + (1 - beta1) * g
+            v = beta2 * v + (1 - beta2) * g * g
+            u = m / (sqrt(v) + eps)
+            u = u[:T] + IDCT(u[T:])[:T]             (if marked)
+            theta += -(lr * sqrt(1 - beta2**t) / (1 - beta1**t)) * u
+        output: theta
 
     :param params: iterable of parameters to optimize or dicts defining parameter groups
     :param float lr: learning rate (default: 1e-3)
@@ -316,54 +319,20 @@ class DCTAdam(MultiTensorOptimizer):
     def _update_bucket(
         self, group: dict, b: _Bucket, grads: list[Tensor], sel: list[int] | None
     ) -> None:
-        beta1, beta2 = group["betas"]
-        clip_norm = group["clip_norm"]
+        settings = AdamSettings.of(group)  # no weight decay, no centered variance
         steps = b.advance_steps(sel)
-        values = per_step_values(steps, adam_step_size(group, beta1, beta2))
         kind = b.info[0]
-        if kind == "plain":
-            params, m_views, d_views = adam_moments(b, grads, sel, group, clip_norm=clip_norm)
-            # p.data.addcdiv_(exp_avg, denom, value=-step_size)
-            addcdiv_params_(b, sel, params, m_views, b.flat["exp_avg"], d_views, values)
-            return
         if kind == "dct-batched" and sel is None:
-            self._update_batched(group, b, grads, values)
+            m, v = b.flat["exp_avg"], b.flat["exp_avg_sq"]
+            _batched_dct_adam(b.params, grads, m, v, steps, settings, layout=b.info[1], d=b.d)
             return
-        if kind == "dct":
-            _, dim, duration = b.info
-        else:
-            dim, duration = b.info[1].dim, b.info[1].T
-
-        def transform(gs: list[Tensor]) -> list[Tensor]:
-            return [_transform_forward(g, dim, duration) for g in gs]
-
-        params, m_views, d_views = adam_moments(
-            b, grads, sel, group, clip_norm=clip_norm, transform=transform
-        )
-        updates: TensorList = torch._foreach_div(m_views, d_views)  # exp_avg / denom
-        updates = [_transform_inverse(u, dim, duration) for u in updates]
-        torch._foreach_mul_(updates, values)  # step.mul_(-step_size)
-        torch._foreach_add_(params, updates)  # p.data.add_(step)
-
-    def _update_batched(
-        self, group: dict, b: _Bucket, grads: list[Tensor], values: float | list[float]
-    ) -> None:
-        layout: _DctBatch = b.info[1]
-        T, N = layout.T, layout.N
-        clamp_(grads, group["clip_norm"])  # in place on p.grad, as Pyro
-        x = layout.to_rows(grads)  # (rows, T)
-        freq = dct(pad(x, (0, N - T)) if N != T else x, -1)
-        g = torch.cat([x, freq], dim=-1)  # _transform_forward, rows layout
-        adam_moments(b, grads, None, group, clip_norm=None, flat_grad=g.view(-1))
-        u = torch.div(b.flat["exp_avg"], b.d, out=b.d).view(layout.rows, T + N)
-        step = idct(u[:, T:], -1)[:, :T].add_(u[:, :T])  # _transform_inverse
-        if isinstance(values, float):
-            step.mul_(values)
-            torch._foreach_add_(b.params, layout.from_rows(step))
-        else:
-            updates = layout.from_rows(step)
-            torch._foreach_mul_(updates, values)
-            torch._foreach_add_(b.params, updates)
+        ops = b.operands(grads, sel, steps)
+        args = (ops.params, ops.grads, ops.state["exp_avg"], ops.state["exp_avg_sq"], steps)
+        if kind == "plain":
+            _multi_tensor_clipped_adam(*args, settings, scratch=ops.scratch, gathered=ops.gathered)
+            return
+        dim, duration = (b.info[1], b.info[2]) if kind == "dct" else (b.info[1].dim, b.info[1].T)
+        _multi_tensor_dct_adam(*args, settings, dim=dim, duration=duration, scratch=ops.scratch)
 
     # ------------------------------------------------------------------ Pyro's per-param code
     # Parameters the buckets don't cover (subsample-aware ones, state laid out otherwise) take
@@ -373,3 +342,65 @@ class DCTAdam(MultiTensorOptimizer):
 
     def _step_special(self, group: dict, p: Tensor) -> None:
         PyroDCTAdam._step_param_subsample(self, group, p, getattr(p, "_pyro_subsample", {}))  # type: ignore[arg-type]
+
+
+def _multi_tensor_dct_adam(
+    params: list[Tensor],
+    grads: TensorList,
+    exp_avgs: TensorList,
+    exp_avg_sqs: TensorList,
+    steps: int | list[int],
+    settings: AdamSettings,
+    *,
+    dim: int,
+    duration: int,
+    scratch: TensorList | None = None,
+) -> None:
+    """Pyro's update of DCT-marked parameters (time dim ``dim`` of length ``duration``), one
+    transform per parameter, per-parameter layout; the unmarked ones take ClippedAdam's."""
+    lr, beta1, beta2, eps, _, _, _, clip_norm, _ = settings
+    clamp_(grads, clip_norm)  # in place on p.grad, as Pyro
+    freq_grads = [_transform_forward(g, dim, duration) for g in grads]
+    denoms = pyro_adam_moments_(
+        freq_grads, exp_avgs, exp_avg_sqs, beta1=beta1, beta2=beta2, eps=eps, denoms=scratch
+    )
+    updates: TensorList = torch._foreach_div(exp_avgs, denoms)  # exp_avg / denom
+    updates = [_transform_inverse(u, dim, duration) for u in updates]
+    values = per_step_values(steps, adam_step_size(lr, beta1, beta2))
+    torch._foreach_mul_(updates, values)  # step.mul_(-step_size)
+    torch._foreach_add_(params, updates)  # p.data.add_(step)
+
+
+def _batched_dct_adam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    steps: int | list[int],
+    settings: AdamSettings,
+    *,
+    layout: _DctBatch,
+    d: Tensor,
+) -> None:
+    """:func:`_multi_tensor_dct_adam` with one batched transform over all rows of the params
+    (``batch_dct=True``: rounds differently from Pyro's per-parameter FFTs); the state and the
+    scratch ``d`` are flat buffers in ``layout``'s rows."""
+    lr, beta1, beta2, eps, _, _, _, clip_norm, _ = settings
+    T, N = layout.T, layout.N
+    clamp_(grads, clip_norm)  # in place on p.grad, as Pyro
+    x = layout.to_rows(grads)  # (rows, T)
+    freq = dct(pad(x, (0, N - T)) if N != T else x, -1)
+    g = torch.cat([x, freq], dim=-1)  # _transform_forward, rows layout
+    pyro_adam_moments_(
+        [g.view(-1)], [exp_avg], [exp_avg_sq], beta1=beta1, beta2=beta2, eps=eps, denoms=[d]
+    )
+    u = torch.div(exp_avg, d, out=d).view(layout.rows, T + N)
+    step = idct(u[:, T:], -1)[:, :T].add_(u[:, :T])  # _transform_inverse
+    values = per_step_values(steps, adam_step_size(lr, beta1, beta2))
+    if isinstance(values, float):
+        step.mul_(values)
+        torch._foreach_add_(params, layout.from_rows(step))
+    else:
+        updates = layout.from_rows(step)
+        torch._foreach_mul_(updates, values)
+        torch._foreach_add_(params, updates)

@@ -8,6 +8,7 @@ import math
 import torch
 from torch import Tensor
 
+from ._kernels import AdamSettings
 from .adam import Adam
 from .clipped_adam import ClippedAdam
 from .rows import MIN_ROW_SPARSE_NUMEL, RowSparse
@@ -18,7 +19,7 @@ class LazyClippedAdam(RowSparse, ClippedAdam):
 
     For the touched rows :math:`R` of a row-tracked parameter (see
     :class:`~pyrotrain.optim.rows.RowFinder`), with :math:`k` the parameter's step count, the
-    dense update restricted to those rows::
+    dense update restricted to those rows (kernel ``_rows_clipped_adam``)::
 
         g_R = clamp(grad_R, -c, c)          (written back to grad, as Pyro does)
         g_R = g_R + weight_decay * theta_R  (if weight_decay != 0)
@@ -62,30 +63,19 @@ class LazyClippedAdam(RowSparse, ClippedAdam):
         )
 
     def _step_rows(self, group: dict, p: Tensor, index: Tensor, grad: Tensor) -> None:
-        beta1, beta2 = group["betas"]
         state = _moments(self.state[p], p, ("exp_avg", "exp_avg_sq"))
-        state["step"] = k = int(state["step"]) + 1
-        clip = group["clip_norm"]
-        g = grad.clamp_(-clip, clip)
-        self.rows.put(p, index, g)  # Pyro clamps p.grad in place
-        theta = p.index_select(0, index)
-        if group["weight_decay"] != 0:
-            g = g.add(theta, alpha=group["weight_decay"])
-        m = state["exp_avg"].index_select(0, index).mul_(beta1).add_(g, alpha=1 - beta1)
-        gv = g - m if group["centered_variance"] else g
-        v = state["exp_avg_sq"].index_select(0, index).mul_(beta2)
-        v.addcmul_(gv, gv, value=1 - beta2)
-        state["exp_avg"].index_copy_(0, index, m)
-        state["exp_avg_sq"].index_copy_(0, index, v)
-        denom = v.sqrt().add_(group["eps"])
-        step_size = group["lr"] * math.sqrt(1 - beta2**k) / (1 - beta1**k)
-        p.index_copy_(0, index, theta.addcdiv_(m, denom, value=-step_size))
+        state["step"] = int(state["step"]) + 1
+        settings = AdamSettings.of(group)
+        _rows_clipped_adam(
+            p, index, grad, state["exp_avg"], state["exp_avg_sq"], state["step"], settings
+        )
+        self.rows.put(p, index, grad)  # clamped in place: Pyro clamps p.grad
 
 
 class LazyAdam(RowSparse, Adam):
     r""":class:`Adam` (torch's math) whose large parameters are updated in their touched rows
     only: for the touched rows :math:`R` of a row-tracked parameter, with :math:`k` its step
-    count, the dense update restricted to them::
+    count, the dense update restricted to them (kernel ``_rows_adam``)::
 
         g_R = -grad_R if maximize else grad_R
         theta_R *= 1 - lr * weight_decay            (decoupled_weight_decay)
@@ -132,28 +122,20 @@ class LazyAdam(RowSparse, Adam):
         return []  # sparse gradients: rows of tracked params; the others were made dense
 
     def _step_rows(self, group: dict, p: Tensor, index: Tensor, grad: Tensor) -> None:
-        beta1, beta2 = group["betas"]
-        lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
-        keys = self._AMSGRAD_KEYS if group["amsgrad"] else self._flat_keys
-        state = _moments(self.state[p], p, keys)
-        state["step"] = k = int(state["step"]) + 1
-        g = -grad if group["maximize"] else grad
-        theta = p.index_select(0, index)
-        if weight_decay != 0:
-            if group["decoupled_weight_decay"]:
-                theta.mul_(1 - lr * weight_decay)
-            else:
-                g = g.add(theta, alpha=weight_decay)
-        m = state["exp_avg"].index_select(0, index).lerp_(g, 1 - beta1)
-        v = state["exp_avg_sq"].index_select(0, index).mul_(beta2)
-        v.addcmul_(g, g, value=1 - beta2)
-        state["exp_avg"].index_copy_(0, index, m)
-        state["exp_avg_sq"].index_copy_(0, index, v)
-        if group["amsgrad"]:
-            v = torch.maximum(state["max_exp_avg_sq"].index_select(0, index), v)
-            state["max_exp_avg_sq"].index_copy_(0, index, v)
-        denom = (v.sqrt() / (1 - beta2**k) ** 0.5).add_(eps)
-        p.index_copy_(0, index, theta.addcdiv_(m, denom, value=-(lr / (1 - beta1**k))))
+        state = _moments(
+            self.state[p], p, self._AMSGRAD_KEYS if group["amsgrad"] else self._flat_keys
+        )
+        state["step"] = int(state["step"]) + 1
+        _rows_adam(
+            p,
+            index,
+            grad,
+            state["exp_avg"],
+            state["exp_avg_sq"],
+            state.get("max_exp_avg_sq") if group["amsgrad"] else None,
+            state["step"],
+            AdamSettings.of(group),
+        )
 
 
 def _moments(state: dict, p: Tensor, keys: tuple[str, ...]) -> dict:
@@ -163,3 +145,62 @@ def _moments(state: dict, p: Tensor, keys: tuple[str, ...]) -> dict:
         if key not in state:
             state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
     return state
+
+
+def _rows_clipped_adam(
+    p: Tensor,
+    index: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    k: int,
+    settings: AdamSettings,
+) -> None:
+    """ClippedAdam's update of rows ``index`` of ``p`` (their gradient ``grad``, clamped in
+    place) at step ``k``; the other rows' moments and values stay."""
+    lr, beta1, beta2, eps, weight_decay, _, _, clip_norm, centered_variance = settings
+    g = grad.clamp_(-clip_norm, clip_norm)
+    theta = p.index_select(0, index)
+    if weight_decay != 0:
+        g = g.add(theta, alpha=weight_decay)
+    m = exp_avg.index_select(0, index).mul_(beta1).add_(g, alpha=1 - beta1)
+    gv = g - m if centered_variance else g
+    v = exp_avg_sq.index_select(0, index).mul_(beta2)
+    v.addcmul_(gv, gv, value=1 - beta2)
+    exp_avg.index_copy_(0, index, m)
+    exp_avg_sq.index_copy_(0, index, v)
+    denom = v.sqrt().add_(eps)
+    step_size = lr * math.sqrt(1 - beta2**k) / (1 - beta1**k)
+    p.index_copy_(0, index, theta.addcdiv_(m, denom, value=-step_size))
+
+
+def _rows_adam(
+    p: Tensor,
+    index: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    max_exp_avg_sq: Tensor | None,
+    k: int,
+    settings: AdamSettings,
+) -> None:
+    """torch's Adam update of rows ``index`` of ``p`` (their gradient ``grad``) at step ``k``;
+    ``max_exp_avg_sq`` given for AMSGrad. The other rows' moments and values stay."""
+    lr, beta1, beta2, eps, weight_decay, maximize, decoupled_weight_decay, _, _ = settings
+    g = -grad if maximize else grad
+    theta = p.index_select(0, index)
+    if weight_decay != 0:
+        if decoupled_weight_decay:
+            theta.mul_(1 - lr * weight_decay)
+        else:
+            g = g.add(theta, alpha=weight_decay)
+    m = exp_avg.index_select(0, index).lerp_(g, 1 - beta1)
+    v = exp_avg_sq.index_select(0, index).mul_(beta2)
+    v.addcmul_(g, g, value=1 - beta2)
+    exp_avg.index_copy_(0, index, m)
+    exp_avg_sq.index_copy_(0, index, v)
+    if max_exp_avg_sq is not None:
+        v = torch.maximum(max_exp_avg_sq.index_select(0, index), v)
+        max_exp_avg_sq.index_copy_(0, index, v)
+    denom = (v.sqrt() / (1 - beta2**k) ** 0.5).add_(eps)
+    p.index_copy_(0, index, theta.addcdiv_(m, denom, value=-(lr / (1 - beta1**k))))

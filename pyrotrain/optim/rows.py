@@ -201,7 +201,7 @@ class RowFinder:
 
 
 class RowSparse:
-    """Mixin for a :class:`~pyrotrain.optim._foreach.MultiTensorOptimizer` that updates the
+    """Mixin for a :class:`~pyrotrain.optim._buckets.MultiTensorOptimizer` that updates the
     touched rows of its large parameters (those :meth:`RowFinder.tracked` accepts) and the
     others whole, with its parent class's update.
 

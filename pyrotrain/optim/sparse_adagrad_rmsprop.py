@@ -19,7 +19,8 @@ class SparseAdagradRMSProp(RowSparse, AdagradRMSProp):
     keeps ``row_step``, the step its sum was last brought up to date at, and when next touched at
     step :math:`k` (the parameter's own step count, as in the dense update) it takes the decay it
     missed and this step's update at once. For the rows :math:`R` of a parameter :math:`\theta`
-    (see :class:`~pyrotrain.optim.rows.RowFinder`), with :math:`j` their ``row_step``:
+    (see :class:`~pyrotrain.optim.rows.RowFinder`), with :math:`j` their ``row_step`` (kernel
+    :func:`_rows_adagrad_rmsprop`):
 
     .. math::
 
@@ -76,7 +77,7 @@ class SparseAdagradRMSProp(RowSparse, AdagradRMSProp):
         if "sum" not in state:
             state["sum"] = torch.zeros_like(p)
         state["step"] = int(state.get("step", 0)) + 1
-        adagrad_rmsprop_rows_(
+        _rows_adagrad_rmsprop(
             p,
             index,
             grad,
@@ -89,7 +90,7 @@ class SparseAdagradRMSProp(RowSparse, AdagradRMSProp):
         )
 
 
-def adagrad_rmsprop_rows_(
+def _rows_adagrad_rmsprop(
     p: Tensor,
     index: Tensor,
     g: Tensor,

@@ -12,18 +12,14 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import re
-import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
-
 from ..errors import PyrotrainError
-from ..registry import OPTIMIZERS, SCHEDULERS, check_kwargs, check_typed_kwargs, rate_key
-from ..schema import Named, coerce, parse, parse_named, setting
+from ..registry import OPTIMIZERS, check_kwargs, rate_key
+from ..schema import Named, parse, setting
+from .schedulers import SchedulerSpec
 
-INTERVALS = ("step", "epoch")
-WARMUP_ARGS = ("warmup_steps", "start_factor", "then")
 # A group without a scheduler key takes the top-level ``scheduler``; ``scheduler: none`` has none.
 _INHERIT = "inherit"
 
@@ -53,122 +49,6 @@ class Pattern:
 
     def __repr__(self) -> str:
         return repr(self.text)
-
-
-@dataclass(frozen=True)
-class SchedulerSpec:
-    """A learning-rate scheduler: a registered name (or ``warmup``), when it steps, its
-    constructor arguments, and the config key it came from (for messages)."""
-
-    name: str
-    interval: str = "step"
-    args: dict[str, Any] = dataclasses.field(default_factory=dict)
-    key: str = "scheduler"
-    then: SchedulerSpec | None = None  # warmup only: what follows it, parsed with it
-
-    @property
-    def needs_metric(self) -> bool:
-        return self.name == "plateau"
-
-    @classmethod
-    def parse(cls, node: Any, key: str) -> SchedulerSpec | None:
-        """``None``, ``"none"`` or ``{name: none}`` mean no scheduler."""
-        if node is None or node == "none":
-            return None
-        named = node if isinstance(node, Named) else parse_named(node, key)
-        if named.name == "none":
-            return None
-        args = dict(named.kwargs)
-        interval = args.pop("interval", "step")
-        if interval not in INTERVALS:
-            raise PyrotrainError(
-                "unknown scheduler interval",
-                key=f"{key}.interval",
-                value=interval,
-                choices=INTERVALS,
-            )
-        then = None
-        if named.name == "warmup":
-            then = _check_warmup(args, key)
-        else:
-            cls_ = SCHEDULERS.get(named.name, f"{key}.name")
-            check_kwargs(cls_, args, key, n_positional=1)
-            check_typed_kwargs(cls_, args, key)
-            _check_ranges(args, key)
-        spec = cls(name=named.name, interval=interval, args=args, key=key, then=then)
-        spec._dry_run()
-        return spec
-
-    def _dry_run(self) -> None:
-        """Build and step the scheduler on a throwaway optimizer, so that an argument that only
-        fails when the scheduler steps (``gamma=abc``) is refused before training."""
-        from .schedulers import build_scheduler, step_scheduler
-
-        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                scheduler = build_scheduler(self, opt, 100)
-                for _ in range(3):
-                    opt.step()
-                    step_scheduler(scheduler, 1.0)
-        except PyrotrainError:
-            raise
-        except Exception as e:
-            raise PyrotrainError(
-                f"the '{self.name}' scheduler fails with these arguments: {type(e).__name__}: {e}",
-                key=self.key,
-                value=self.args,
-            ) from e
-
-
-# Bounds of torch schedulers' arguments that their annotations do not carry: a period or length
-# below 1 or a factor at or below 0 makes a schedule that runs but is not what anyone meant
-# (StepLR with step_size=-5 decays the rate at every step).
-_ARG_BOUNDS: dict[str, dict[str, Any]] = {
-    "step_size": {"minimum": 1},
-    "T_max": {"minimum": 1},
-    "T_0": {"minimum": 1},
-    "T_mult": {"minimum": 1},
-    "total_iters": {"minimum": 1},
-    "total_steps": {"minimum": 1},
-    "step_size_up": {"minimum": 1},
-    "patience": {"minimum": 0},
-    "cooldown": {"minimum": 0},
-    "gamma": {"minimum": 0, "exclusive": True},
-    "factor": {"minimum": 0, "exclusive": True},
-    "eta_min": {"minimum": 0},
-}
-
-
-def _check_ranges(args: dict[str, Any], key: str) -> None:
-    for name, bounds in _ARG_BOUNDS.items():
-        value = args.get(name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            coerce(value, type(value), f"{key}.{name}", bounds)
-
-
-def _check_warmup(args: dict[str, Any], key: str) -> SchedulerSpec | None:
-    """Check warmup's arguments; return the scheduler that follows it, if any."""
-    for name in args:
-        if name not in WARMUP_ARGS:
-            raise PyrotrainError(
-                f"warmup takes no argument '{name}'",
-                key=f"{key}.{name}",
-                value=args[name],
-                choices=[*WARMUP_ARGS, "interval"],
-            )
-    steps = args.get("warmup_steps")
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise PyrotrainError(
-            "warmup needs a positive integer 'warmup_steps'", key=f"{key}.warmup_steps", value=steps
-        )
-    inner = SchedulerSpec.parse(args.get("then"), f"{key}.then")
-    if inner is not None and (inner.needs_metric or inner.name == "warmup"):
-        raise PyrotrainError(
-            "warmup cannot be followed by this scheduler", key=f"{key}.then.name", value=inner.name
-        )
-    return inner
 
 
 @dataclass(frozen=True)

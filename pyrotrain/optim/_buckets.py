@@ -1,4 +1,4 @@
-"""Shared machinery for the multi-tensor ("foreach") versions of Pyro's optimizers.
+"""Memory layout of the multi-tensor ("foreach") optimizers: buckets, flat buffers, plans.
 
 The optimizers in this package compute exactly the floating-point operations of
 Pyro's per-parameter loops, but for all parameters of a param group at once:
@@ -16,6 +16,10 @@ Pyro's per-parameter loops, but for all parameters of a param group at once:
   per-parameter views (no copy, and the per-tensor overhead is negligible).
 * The final parameter update is always one ``torch._foreach_*`` call over the
   parameter list.
+* :meth:`_Bucket.operands` hands a step's tensors to an optimizer's kernel function (see
+  :mod:`pyrotrain.optim._kernels`) in one of the two layouts: flat (a gather-mode bucket
+  stepping all its params at one common step) or per parameter. The update math lives in the
+  kernels only.
 
 Elementwise kernels compute each element independently of the memory layout, so
 these batched operations give the same floating-point results as Pyro's
@@ -41,11 +45,13 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable, Sequence
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
+
+from ._kernels import Gathered, TensorList
 
 NOT_MEMBER = -1
 FALLBACK = -2
@@ -55,9 +61,6 @@ FALLBACK = -2
 # dispatch per foreach call. The crossover on a single CPU thread is between 1k and 4k
 # elements (see scripts/bench_optim.py).
 GATHER_MAX_NUMEL = 2048
-
-#: a tensor list as ``torch._foreach_*`` ops take it (their out-of-place forms return tuples)
-TensorList: TypeAlias = list[Tensor] | tuple[Tensor, ...]
 
 
 def _eager(method: Callable) -> Callable:
@@ -76,6 +79,18 @@ def _numel(shape: Sequence[int]) -> int:
 
 def _plain_view(flat: Tensor, offset: int, shape: tuple[int, ...]) -> Tensor:
     return flat[offset : offset + _numel(shape)].view(shape)
+
+
+class Operands(NamedTuple):
+    """One update's tensors as a kernel takes them: ``grads``, every ``state`` list and the
+    ``scratch`` (laid out like the state; None: the kernel allocates) share one layout, flat
+    (``gathered`` set) or per parameter; ``params`` are always per parameter."""
+
+    params: list[Tensor]
+    grads: TensorList
+    state: dict[str, list[Tensor]]
+    scratch: list[Tensor] | None
+    gathered: Gathered | None
 
 
 class _Bucket:
@@ -162,6 +177,25 @@ class _Bucket:
             torch._foreach_copy_(self.gviews, tensors)
         return self.g
 
+    def operands(
+        self, grads: list[Tensor], sel: list[int] | None, steps: int | list[int]
+    ) -> Operands:
+        """The tensors of an update of all (``sel is None``) or the ``sel`` params at ``steps``.
+
+        Flat when every param of a gather-mode bucket steps at one common step (the gradients
+        are gathered into ``g``), else per parameter, with the scratch ``d``'s views when the
+        whole bucket steps.
+        """
+        if sel is None and self.gather and isinstance(steps, int):
+            flat_grads = self.gather_(grads)
+            gathered = Gathered(grads, self.g, self.gviews, self.d, self.dviews)
+            state = {key: [flat] for key, flat in self.flat.items()}
+            return Operands(self.params, [flat_grads], state, [self.d], gathered)
+        if sel is None:
+            return Operands(self.params, grads, self.views, self.dviews, None)
+        state = {key: [views[j] for j in sel] for key, views in self.views.items()}
+        return Operands([self.params[j] for j in sel], grads, state, None, None)
+
     def advance_steps(self, sel: list[int] | None) -> int | list[int]:
         """Increment ``state["step"]`` of all (``sel is None``) or selected params.
 
@@ -207,45 +241,6 @@ class _Plan:
         self.buckets = buckets
         self.member = member
         self.fallback = fallback
-
-
-def per_step_values(steps: int | list[int], fn: Callable[[int], float]) -> float | list[float]:
-    """Evaluate ``fn(step)`` for a common step or for a list of steps (memoised)."""
-    if isinstance(steps, int):
-        return fn(steps)
-    cache: dict[int, float] = {}
-    out = []
-    for s in steps:
-        v = cache.get(s)
-        if v is None:
-            v = cache[s] = fn(s)
-        out.append(v)
-    return out
-
-
-def clamp_(tensors: list[Tensor], clip_norm: float) -> None:
-    """``t.clamp_(-clip_norm, clip_norm)`` for each tensor (in place, as Pyro)."""
-    if len(tensors) <= 16:
-        # one pass over each tensor; the Python loop is cheap for few tensors
-        for t in tensors:
-            t.clamp_(-clip_norm, clip_norm)
-    else:
-        # two foreach passes, bitwise the same as clamp_ (NaN and min > max included)
-        torch._foreach_clamp_min_(tensors, -clip_norm)
-        torch._foreach_clamp_max_(tensors, clip_norm)
-
-
-def needs_clamp(flat: Tensor, clip_norm: float) -> bool:
-    """Whether ``flat.clamp(-clip_norm, clip_norm)`` would change any element.
-
-    On CPU one reduction is much cheaper than clamping every gradient in place; on
-    other devices it would cost a synchronisation, so we always clamp there.
-    """
-    if flat.device.type != "cpu" or flat.numel() == 0:
-        return flat.numel() > 0
-    lo, hi = torch.aminmax(flat)
-    # NaN compares False and so forces the (NaN-preserving) clamp.
-    return not (lo.item() >= -clip_norm and hi.item() <= clip_norm)
 
 
 class MultiTensorOptimizer(Optimizer):
@@ -480,128 +475,3 @@ class MultiTensorOptimizer(Optimizer):
         for plan in self._plans.values():
             for b in plan.buckets:
                 b.d.share_memory_()
-
-
-def addcdiv_params_(
-    b: _Bucket,
-    sel: list[int] | None,
-    params: list[Tensor],
-    numerators: TensorList,
-    numerator_flat: Tensor | None,
-    denominators: TensorList,
-    values: float | list[float],
-) -> None:
-    """``p.addcdiv_(numerator, denominator, value=value)`` for each param.
-
-    For a whole gather-mode bucket with one common value this computes
-    ``value * numerator / denominator`` flat and adds it with one ``_foreach_add_``,
-    which is cheaper than ``_foreach_addcdiv_`` and rounds identically
-    (``addcdiv`` computes ``self + (value * t1) / t2``). ``numerator_flat`` and the
-    denominators (``b.d``) are then flat buffers of the bucket.
-    """
-    if sel is None and b.gather and numerator_flat is not None and isinstance(values, float):
-        torch.mul(numerator_flat, values, out=b.g).div_(b.d)
-        torch._foreach_add_(params, b.gviews)
-    else:
-        torch._foreach_addcdiv_(params, numerators, denominators, values)
-
-
-def adam_step_size(group: dict, beta1: float, beta2: float) -> Callable[[int], float]:
-    """``step -> -step_size`` exactly as Pyro's ClippedAdam/DCTAdam compute it."""
-    lr = group["lr"]
-
-    def fn(step: int) -> float:
-        bias_correction1 = 1 - beta1**step
-        bias_correction2 = 1 - beta2**step
-        step_size = lr * math.sqrt(bias_correction2) / bias_correction1
-        return -step_size
-
-    return fn
-
-
-def adam_moments(
-    b: _Bucket,
-    grads: list[Tensor],
-    sel: list[int] | None,
-    group: dict,
-    *,
-    clip_norm: float | None,
-    weight_decay: float = 0.0,
-    centered_variance: bool = False,
-    transform: Callable[[list[Tensor]], list[Tensor]] | None = None,
-    flat_grad: Tensor | None = None,
-) -> tuple[list[Tensor], list[Tensor], TensorList]:
-    """Pyro's Adam moment updates for a bucket (all params or the ``sel`` subset).
-
-    Does, per param and in this order, exactly::
-
-        grad = p.grad.clamp_(-clip_norm, clip_norm)        # in place, as Pyro
-        grad = transform(grad)                             # DCTAdam's DCT, if any
-        grad = grad.add(p, alpha=weight_decay)             # ClippedAdam, if != 0
-        exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-        grad_var = grad - exp_avg if centered_variance else grad
-        exp_avg_sq.mul_(beta2).addcmul_(grad_var, grad_var, value=1 - beta2)
-        denom = exp_avg_sq.sqrt().add_(eps)
-
-    ``flat_grad`` (all params only) is the already clipped and transformed gradient
-    laid out like the flat state buffers. Returns ``(params, exp_avg views, denom
-    views)`` of the updated params; the denominators of a full update are in ``b.d``.
-    """
-    beta1, beta2 = group["betas"]
-    eps = group["eps"]
-    full = sel is None
-    if full:
-        params = b.params
-        m_views, v_views = b.views["exp_avg"], b.views["exp_avg_sq"]
-    else:
-        assert sel is not None
-        params = [b.params[j] for j in sel]
-        m_views = [b.views["exp_avg"][j] for j in sel]
-        v_views = [b.views["exp_avg_sq"][j] for j in sel]
-    M, V = b.flat["exp_avg"], b.flat["exp_avg_sq"]
-
-    g_list: TensorList
-    if full and flat_grad is not None:
-        g_list, m_list, v_list = [flat_grad], [M], [V]
-    elif full and b.gather and transform is None:
-        G = b.gather_(grads)
-        if clip_norm is not None and needs_clamp(G, clip_norm):
-            G.clamp_(-clip_norm, clip_norm)
-            clamp_(grads, clip_norm)  # Pyro clamps p.grad in place
-        if weight_decay != 0:
-            # grad.add(p, alpha=weight_decay); the denominator scratch holds p for now
-            torch._foreach_copy_(b.dviews, params)
-            G.add_(b.d, alpha=weight_decay)
-        g_list, m_list, v_list = [G], [M], [V]
-    else:
-        if clip_norm is not None:
-            clamp_(grads, clip_norm)
-        g_list = grads if transform is None else transform(grads)
-        if weight_decay != 0:
-            g_list = torch._foreach_add(g_list, params, alpha=weight_decay)
-        m_list, v_list = m_views, v_views
-
-    # Decay the first and second moment running average coefficient
-    if full:
-        M.mul_(beta1)
-    else:
-        torch._foreach_mul_(m_views, beta1)
-    torch._foreach_add_(m_list, g_list, alpha=1 - beta1)
-    if centered_variance:
-        gv_list: TensorList = torch._foreach_sub(g_list, m_list)
-    else:
-        gv_list = g_list
-    if full:
-        V.mul_(beta2)
-    else:
-        torch._foreach_mul_(v_views, beta2)
-    torch._foreach_addcmul_(v_list, gv_list, gv_list, value=1 - beta2)
-
-    if full:
-        torch.sqrt(V, out=b.d)
-        b.d.add_(eps)
-        d_views: TensorList = b.dviews
-    else:
-        d_views = torch._foreach_sqrt(v_views)
-        torch._foreach_add_(d_views, eps)
-    return params, m_views, d_views
