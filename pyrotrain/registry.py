@@ -378,9 +378,9 @@ def _register_builtins() -> None:
     ]:
         MODELS.register(name, f"pyrotrain.models.{target}")
     for name, target in [
-        ("diabetes", "pyrotrain.data:load_diabetes"),
-        ("synthetic_regression", "pyrotrain.data:make_regression"),
-        ("csv", "pyrotrain.csv_data:load_csv"),
+        ("diabetes", "pyrotrain.data.builtin:load_diabetes"),
+        ("synthetic_regression", "pyrotrain.data.builtin:make_regression"),
+        ("csv", "pyrotrain.data.tables:load_csv"),
         ("co2", "pyrotrain.models.timeseries:load_co2"),
         ("ratings", "pyrotrain.models.sparse:make_ratings"),
         ("digits", "pyrotrain.models.neural:load_digits"),
