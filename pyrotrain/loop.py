@@ -27,12 +27,13 @@ from pyro.poutine.messenger import Messenger
 from rich.markup import escape
 
 from .build import Run, build, torch_defaults
+from .calls import Call
 from .errors import PyrotrainError, TrainingStopped
 from .evaluation import Evaluation
 from .io import save_params, write_json
 from .metrics import MetricsSinks, ProgressDisplay, SmoothedLoss, screen
 from .optim.rows import TouchedRows, densify
-from .registry import describe_exception
+from .targets import describe_exception
 
 
 @dataclass
@@ -144,16 +145,10 @@ def versions() -> dict[str, str]:
     }
 
 
-def batch_of(run: Run, index: torch.Tensor) -> dict[str, Any]:
-    """The training rows ``index`` as the model's keyword arguments (only those it accepts)."""
-    index = index.to(run.device)
-    batch: dict[str, Any] = {k: v[index] for k, v in run.data.train.items()}
-    batch["index"] = index
-    batch["size"] = run.data.size
-    accepted = run.model_kwargs
-    if accepted is not None:
-        batch = {k: v for k, v in batch.items() if k in accepted}
-    return batch
+def batch_of(run: Run, index: torch.Tensor) -> Call:
+    """The training rows ``index`` as the model's arguments (see :mod:`pyrotrain.calls`)."""
+    assert run.binding is not None  # build() binds every run
+    return run.binding(index)
 
 
 def create_params(run: Run, index: torch.Tensor) -> set[torch.Tensor]:
@@ -164,7 +159,7 @@ def create_params(run: Run, index: torch.Tensor) -> set[torch.Tensor]:
     ``index`` creates them; saved values are then copied into those very tensors.
     """
     with _CollectParams() as capture, torch.no_grad():
-        run.elbo.loss(run.model, run.guide, **batch_of(run, index))
+        batch_of(run, index).apply(run.elbo.loss, run.model, run.guide)
     return capture.params
 
 
@@ -402,20 +397,20 @@ class Trainer:
                 p.grad = None
         return params, losses, rows, invalid
 
-    def _batch(self, index: torch.Tensor) -> dict[str, Any]:
+    def _batch(self, index: torch.Tensor) -> Call:
         return batch_of(self.run, index)
 
-    def _loss_and_grads(self, batch: dict[str, Any], first: bool) -> Any:
+    def _loss_and_grads(self, batch: Call, first: bool) -> Any:
         run = self.run
         if not first:
-            return run.elbo.loss_and_grads(run.model, run.guide, **batch)
+            return batch.apply(run.elbo.loss_and_grads, run.model, run.guide)
         try:
-            return run.elbo.loss_and_grads(run.model, run.guide, **batch)
+            return batch.apply(run.elbo.loss_and_grads, run.model, run.guide)
         except PyrotrainError:
             raise
         except Exception as e:
             # The first batch is where a model meets its data: report the model's own words.
-            shapes = {k: tuple(v.shape) for k, v in batch.items() if torch.is_tensor(v)}
+            shapes = batch.shapes()
             raise PyrotrainError(
                 f"the model failed on the first batch: {describe_exception(e)}",
                 key="model",
