@@ -1,10 +1,9 @@
 """pyrotrain: a training driver for Pyro with YAML-configured optimizer stacks."""
 
-__version__ = "0.1.0"
-
-from .api import compose, train  # noqa: E402
-from .errors import PyrotrainError  # noqa: E402
-from .registry import (  # noqa: E402
+from ._version import __version__ as __version__
+from .api import compose, train
+from .errors import PyrotrainError
+from .registry import (
     register_dataset,
     register_elbo,
     register_guide,

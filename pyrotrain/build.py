@@ -24,11 +24,11 @@ from omegaconf import DictConfig
 from .calls import Binding
 from .checkpoint import check_compatible, check_run_dir, find_resume, shape_of
 from .config import RunConfig, parse_config
+from .console import screen
 from .construct import build_guide, build_model, check_sites
 from .data import BatchOrder, Dataset
 from .distributed import Backend, create_backend
 from .errors import PyrotrainError
-from .metrics import screen
 from .optim.spec import GroupSpec
 from .optim.stack import OptimizerStack
 from .registry import DATASETS, ELBOS, call_with_kwargs, rate_default

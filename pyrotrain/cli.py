@@ -27,16 +27,16 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.markup import escape
 
 from .config import moved_keys
+from .console import exit_with, screen, show_warnings_plainly
 from .distributed import (
     failure_message,
     is_main_process,
     launch_env,
     start_process,
 )
-from .errors import PyrotrainError, exit_with, show_warnings_plainly
+from .errors import PyrotrainError
 from .evaluation import objective_value
 from .loop import train
-from .metrics import screen
 from .outputs import undo as undo_outputs
 from .search import PRUNED, TrialPruned, trial_reporter
 from .sweep import record_failure

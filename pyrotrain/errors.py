@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-import warnings
 from collections.abc import Iterable
-from typing import Any, NoReturn
+from typing import Any
 
 
 class PyrotrainError(Exception):
@@ -64,44 +62,10 @@ class TrainingStopped(PyrotrainError):
 
 class PyrotrainWarning(UserWarning):
     """Something a user should know that does not stop the run. The CLI prints it as one line,
-    ``warning: MESSAGE`` (see :func:`show_warnings_plainly`)."""
-
-
-def show_warnings_plainly() -> None:
-    """Print pyrotrain's warnings as ``warning: MESSAGE`` (no file, line and source line);
-    other warnings keep Python's format."""
-    plain = warnings.formatwarning
-    if getattr(plain, "_pyrotrain", False):
-        return
-
-    def formatwarning(message: Any, category: Any, *args: Any, **kwargs: Any) -> str:
-        if issubclass(category, PyrotrainWarning):
-            return f"warning: {message}\n"
-        return plain(message, category, *args, **kwargs)
-
-    formatwarning._pyrotrain = True  # type: ignore[attr-defined]
-    warnings.formatwarning = formatwarning
+    ``warning: MESSAGE`` (see :func:`pyrotrain.console.show_warnings_plainly`)."""
 
 
 def _sentence(text: str) -> str:
     text = text.strip()
     text = text[:1].upper() + text[1:]
     return text if text.endswith((".", "!", "?")) else text + "."
-
-
-def exit_with(message: str, exit_code: int = 2) -> NoReturn:
-    """Print ``message`` as one paragraph on stderr (``error:`` for bad input, ``stopped:`` for
-    anything else; ``[rank R]`` on ranks other than 0) and end the process with ``exit_code``."""
-    from rich.console import Console
-    from rich.markup import escape
-
-    from .distributed import process_rank
-
-    rank = process_rank()
-    tag = escape(f"[rank {rank}] ") if rank else ""
-    Console(stderr=True).print(
-        f"[bold red]{'error' if exit_code == 2 else 'stopped'}:[/] {tag}{escape(message)}",
-        highlight=False,
-        soft_wrap=True,
-    )
-    sys.exit(exit_code)

@@ -28,10 +28,11 @@ from rich.markup import escape
 
 from .build import Run, build, torch_defaults
 from .calls import Call
+from .console import screen
 from .errors import PyrotrainError, TrainingStopped
 from .evaluation import Evaluation
 from .io import save_params, write_json
-from .metrics import MetricsSinks, ProgressDisplay, SmoothedLoss, screen
+from .metrics import MetricsSinks, ProgressDisplay, SmoothedLoss
 from .optim.rows import TouchedRows, densify
 from .targets import describe_exception
 
@@ -133,7 +134,7 @@ def versions() -> dict[str, str]:
     import hydra
     import omegaconf
 
-    from . import __version__
+    from ._version import __version__
 
     return {
         "pyrotrain": __version__,
@@ -625,7 +626,7 @@ class Trainer:
 
     def _stop(self, stop: int, own: int, metrics: MetricsSinks) -> None:
         """A rank got SIGINT or SIGTERM: every rank ends after the same step, with a checkpoint."""
-        signum = own or (signal.SIGTERM if stop >= signal.SIGTERM else signal.SIGINT)
+        signum = own or stop  # backend.reduce decodes the ranks' signals
         self._checkpoint(metrics)
         name = signal.Signals(signum).name
         where = f" and saved a checkpoint in {self.run_dir}" if self.writes else ""

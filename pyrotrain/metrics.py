@@ -13,17 +13,13 @@ from typing import IO, TYPE_CHECKING, Any
 from rich.console import Console
 from rich.markup import escape
 
+from .console import screen
+
 if TYPE_CHECKING:
     from rich.progress import Progress
 
     from .config import RunConfig
     from .tracking import MlflowRun
-
-
-def screen(stderr: bool = False) -> Console:
-    """The console pyrotrain prints through: lines are never hard-wrapped (piped output keeps
-    each message on one line; a terminal wraps long lines itself)."""
-    return Console(stderr=stderr, soft_wrap=True)
 
 
 class SmoothedLoss:

@@ -508,7 +508,7 @@ def predict(opts: Options, console: Any = None) -> dict[str, Any]:
     from .io import write_text
 
     if console is None:
-        from .metrics import screen
+        from .console import screen
 
         console = screen()
     run = load_run(opts.run_dir, opts.checkpoint)
@@ -676,8 +676,7 @@ def _print_summary(summary: dict[str, Any], console: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .errors import exit_with
-    from .metrics import screen
+    from .console import exit_with, screen
 
     if os.getcwd() not in sys.path:  # the user's model (model.target) imports from here
         sys.path.insert(0, os.getcwd())

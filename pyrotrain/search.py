@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
+from ._compat_optuna import running_trial
 from .errors import PyrotrainError
 
 if TYPE_CHECKING:
@@ -200,7 +201,35 @@ def trial_reporter(sweeper: DictConfig, sweep_dir: str, objective: str) -> Trial
         sampler=optuna.samplers.RandomSampler(),  # a job never samples: the sweeper did
         pruner=make_pruner(sweeper.get("pruner")),
     )
-    return TrialReporter(optuna.trial.Trial(study, int(trial_id)), objective_column(objective))
+    trial = running_trial(study, int(trial_id))
+    return TrialReporter(trial, objective_column(objective))
+
+
+def suggest(trial: optuna.trial.Trial, space: Mapping[str, Any]) -> None:
+    """Each parameter of ``space`` suggested for ``trial`` through its public ``suggest_*``
+    method (what ``study.ask(fixed_distributions)`` does, except that a space the stored study
+    cannot take raises here, where the caller holds the trial to tell it failed)."""
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    for name, d in space.items():
+        if isinstance(d, CategoricalDistribution):
+            trial.suggest_categorical(name, d.choices)
+        elif isinstance(d, IntDistribution):
+            trial.suggest_int(name, d.low, d.high, step=d.step, log=d.log)
+        elif isinstance(d, FloatDistribution):
+            trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
+        else:
+            raise TypeError(f"no suggest method for {d!r} ({name})")
+
+
+def trial_id(storage: optuna.storages.BaseStorage, study_name: str, number: int) -> int:
+    """The storage's id of trial ``number`` of the study: what a job needs to find its trial."""
+    study_id = storage.get_study_id_from_name(study_name)
+    return storage.get_trial_id_from_study_id_trial_number(study_id, number)
 
 
 def trial_overrides(params: Mapping[str, Any]) -> list[str]:

@@ -22,10 +22,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from .console import exit_with, screen
 from .distributed import is_main_process
-from .errors import PyrotrainError, exit_with
+from .errors import PyrotrainError
 from .io import write_json, write_text
-from .metrics import screen
 from .plots import job_labels, plot_run, plot_sweep, sweep_jobs
 
 FINISHED = "finished"
@@ -174,8 +174,9 @@ def job_configs(config: DictConfig, config_name: str | None) -> list[tuple[list[
     """Every job's overrides and composed config, as the sweep will run them. For a sweeper
     that chooses its jobs as it goes (Optuna), the one config its fixed overrides give."""
     from hydra import compose
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from ._compat_hydra import basic_sweep_jobs
 
     overrides = [str(o) for o in config.hydra.overrides.task]
     sweeper = str(config.hydra.sweeper.get("_target_", ""))
@@ -184,7 +185,7 @@ def job_configs(config: DictConfig, config_name: str | None) -> list[tuple[list[
         overrides = [f"{k}={v}" for k, v in params.items()] + overrides
     parsed = OverridesParser.create().parse_overrides(overrides)
     if sweeper.endswith("BasicSweeper"):
-        jobs = [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+        jobs = basic_sweep_jobs(parsed)
     else:
         jobs = [[o.input_line for o in parsed if not o.is_sweep_override() and o.input_line]]
     return [(job, compose(config_name=config_name, overrides=job)) for job in jobs]

@@ -266,7 +266,7 @@ class SweepRun(Callback):
         settings = _mlflow_settings(config)
         if settings is None:
             return
-        from .errors import exit_with
+        from .console import exit_with
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:

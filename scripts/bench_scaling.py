@@ -13,8 +13,7 @@ float32) on ``data=synthetic_regression``:
   their throughputs is what any engine could reach on this machine at np=2 (the cores, caches and
   memory bandwidth they share are the limit, not the collectives).
 - ``torch/fused``, ``torch/per_tensor``: ``torchrun --nproc-per-node 2 pyrotrain ...``, each
-  ``distributed.allreduce``, over the default transport (Unix sockets between the two ranks);
-  ``torch/fused over gloo``: the same through Gloo (``distributed.transport=backend``).
+  ``distributed.allreduce``, over Gloo.
 - ``horovod/fused`` (and ``grouped``, ``per_tensor`` with ``--horovod-strategies``):
   ``horovodrun -np 2 pyrotrain ...``.
 - ``pyro/HorovodOptimizer``: the loop of Pyro's Horovod example: ``SVI(model, guide,
@@ -58,7 +57,6 @@ HOROVOD_STRATEGIES = ("fused", "grouped", "per_tensor")
 TORCH_STRATEGIES = {
     "fused": {"allreduce": "fused"},
     "per_tensor": {"allreduce": "per_tensor"},
-    "fused over gloo": {"allreduce": "fused", "transport": "backend"},
 }
 SEED = 0
 WINDOW = 10  # steps per throughput sample; a run reports the median of its windows

@@ -132,6 +132,24 @@ def same(x: Any, y: Any) -> bool:
     return x == y
 
 
+def assert_same_run(a: Path, b: Path, step: int, ranks: int = 1) -> None:
+    """Run dirs ``a`` and ``b`` end with the same parameters, and their checkpoints at ``step``
+    with the same optimizer states, RNG states (one per rank: ``ranks``) and loop state, bit for
+    bit."""
+    from pyrotrain.checkpoint import load_checkpoint
+
+    pa, pb = saved_params(a), saved_params(b)
+    assert pa.keys() == pb.keys()
+    for name in pa:
+        assert torch.equal(pa[name], pb[name]), name
+    ca = load_checkpoint(a / "checkpoints" / f"step-{step:08d}.pt")
+    cb = load_checkpoint(b / "checkpoints" / f"step-{step:08d}.pt")
+    assert same(ca["optim"], cb["optim"])
+    assert len(ca["rng"]) == len(cb["rng"]) == ranks
+    assert same(ca["rng"], cb["rng"])
+    assert ca["loop"] == cb["loop"]
+
+
 def assert_close(actual: Any, expected: Any, rtol: float, what: str = "", *, atol=None) -> None:
     """``actual`` equals ``expected`` up to rounding: tensors, or dicts of them with the same keys.
 

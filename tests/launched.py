@@ -1,16 +1,17 @@
 """What the tests that launch real ranks (tests/test_horovod.py under horovodrun,
 tests/test_torch_distributed.py under torchrun) share: the job's common overrides, the recorder
-of the files non-main ranks open for writing, and training the same run in this process to
-compare with.
+of the files non-main ranks open for writing, a launch's result, a free port, and training the
+same run in this process to compare with.
 """
 
 from __future__ import annotations
 
+import socket
 import textwrap
 from pathlib import Path
 
 import torch
-from helpers import same, saved_params, unconstrained_params
+from helpers import unconstrained_params
 
 COMMON = [
     "data=synthetic_regression",
@@ -119,24 +120,19 @@ def stack_optimizers(factor: float) -> list[str]:
     ]
 
 
-def assert_same_final_state(a: Path, b: Path, step: int) -> None:
-    """Run dirs ``a`` and ``b`` end with the same parameters, and their checkpoints at ``step``
-    with the same RNG states (two ranks) and optimizer states, bit for bit."""
-    from pyrotrain.checkpoint import load_checkpoint
+class Result:
+    """A finished launch: the launcher's exit code, its output, the wall time and the files each
+    non-main rank opened for writing (see :func:`recorded_writes`)."""
 
-    pa, pb = saved_params(a), saved_params(b)
-    assert pa.keys() == pb.keys()
-    assert all(torch.equal(pa[k], pb[k]) for k in pa)
-    ca = load_checkpoint(a / "checkpoints" / f"step-{step:08d}.pt")
-    cb = load_checkpoint(b / "checkpoints" / f"step-{step:08d}.pt")
-    assert len(ca["rng"]) == len(cb["rng"]) == 2  # one RNG state per rank
-    for ra, rb in zip(ca["rng"], cb["rng"], strict=True):
-        assert torch.equal(ra["torch"], rb["torch"]) and ra["random"] == rb["random"]
-    for group in ca["optim"]:
-        sa, sb = ca["optim"][group]["optimizer"]["state"], cb["optim"][group]["optimizer"]["state"]
-        assert sa.keys() == sb.keys()
-        for i in sa:
-            assert all(same(sa[i][k], sb[i][k]) for k in sa[i])
+    def __init__(self, rc: int, out: str, wall: float, writes: dict[str, list[str]]):
+        self.returncode, self.output, self.wall, self.writes = rc, out, wall, writes
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 _FAILING_MODEL = """

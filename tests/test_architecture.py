@@ -203,8 +203,12 @@ def test_only_the_torch_backend_imports_torch_distributed():
 
 def test_only_search_and_tracking_import_optuna_and_mlflow():
     """The loop reports to a sweeper and a tracker without knowing either: Optuna lives in
-    search.py (and the Hydra plugin), MLflow in tracking.py."""
-    allowed = {"optuna": {"search.py", "sweeper.py"}, "mlflow": {"tracking.py"}}
+    search.py (and the Hydra plugin, and the shim of the one Optuna API it does not recommend),
+    MLflow in tracking.py."""
+    allowed = {
+        "optuna": {"search.py", "sweeper.py", "_compat_optuna.py"},
+        "mlflow": {"tracking.py"},
+    }
     for path in [*(ROOT / "pyrotrain").rglob("*.py"), *(ROOT / "hydra_plugins").rglob("*.py")]:
         imported = {n.split(".")[0] for n in _imports(path)}
         for package, files in allowed.items():
@@ -226,3 +230,119 @@ def test_a_backend_module_is_all_an_engine_needs():
         assert (ROOT / "conf" / "distributed" / f"{module.NAME}.yaml").exists()
     backend = base.create_backend(base.parse_distributed("none"))
     assert isinstance(backend, Backend)
+
+
+# -- no import cycle inside pyrotrain --------------------------------------------------------------
+
+
+def _package_modules() -> dict[str, Path]:
+    """Every module of the installed package by dotted name. ``pyrotrain.models`` lives in
+    models/ (package-dir); the untracked pyrotrain/models and pyrotrain/conf links are skipped so
+    nothing is counted twice."""
+    modules = {}
+    for package, root in (("pyrotrain", ROOT / "pyrotrain"), ("pyrotrain.models", ROOT / "models")):
+        for path in sorted(root.rglob("*.py")):
+            relative = path.relative_to(root)
+            if package == "pyrotrain" and relative.parts[0] in ("models", "conf"):
+                continue
+            parts = [package, *relative.with_suffix("").parts]
+            if parts[-1] == "__init__":
+                parts.pop()
+            modules[".".join(parts)] = path
+    return modules
+
+
+def _internal_imports(name: str, path: Path, modules: dict[str, Path]) -> dict[str, int]:
+    """Every pyrotrain module ``name`` imports, wherever the statement sits (module level, in a
+    function, under TYPE_CHECKING), with the line of its first import. A package counts as its
+    ``__init__`` only; ``from pkg import sub`` counts as importing the submodule ``pkg.sub``."""
+    is_package = path.name == "__init__.py"
+    found: dict[str, int] = {}
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".")
+                base = base[: len(base) - node.level + (1 if is_package else 0)]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            for alias in node.names:
+                submodule = f"{source}.{alias.name}"
+                targets.append(submodule if submodule in modules else source)
+        for target in targets:
+            if target in modules and target != name:
+                found[target] = min(found.get(target, node.lineno), node.lineno)
+    return found
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for other in sorted(graph[node]):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(found)
+
+
+def test_the_cycle_finder_sees_relative_function_level_and_submodule_imports(tmp_path):
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}
+    assert _cycles(graph) == [["a", "b", "c"]]
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("from . import leaf\nfrom ..top import X\n")
+    (package / "sub" / "leaf.py").write_text("def f():\n    from pkg.sub import leaf, Y\n")
+    (package / "top.py").write_text("if False:\n    import pkg.sub.leaf\n")
+    modules = {"pkg": package, "pkg.sub": package / "sub", "pkg.sub.leaf": 0, "pkg.top": 0}
+    init = package / "sub" / "__init__.py"
+    assert _internal_imports("pkg.sub", init, modules) == {"pkg.sub.leaf": 1, "pkg.top": 2}
+    leaf = package / "sub" / "leaf.py"
+    assert _internal_imports("pkg.sub.leaf", leaf, modules) == {"pkg.sub": 2}
+    assert _internal_imports("pkg.top", package / "top.py", modules) == {"pkg.sub.leaf": 2}
+
+
+def test_no_import_cycle_inside_pyrotrain():
+    modules = _package_modules()
+    assert "pyrotrain.models.timeseries" in modules and "pyrotrain.distributed.base" in modules
+    imports = {name: _internal_imports(name, path, modules) for name, path in modules.items()}
+    cycles = _cycles({name: set(found) for name, found in imports.items()})
+    report = []
+    for cycle in cycles:
+        report.append(" <-> ".join(cycle))
+        for name in cycle:
+            where = modules[name].relative_to(ROOT)
+            report += [
+                f"    {where}:{line} imports {other}"
+                for other, line in sorted(imports[name].items())
+                if other in cycle
+            ]
+    assert not cycles, "import cycles inside pyrotrain:\n" + "\n".join(report)

@@ -3,6 +3,8 @@ that launch ``horovodrun`` are in test_horovod.py)."""
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 
@@ -133,3 +135,18 @@ def test_a_resume_at_another_world_size_goes_on_in_the_same_epoch_at_the_same_fr
     assert two.resharded(48, 2) == 48
     epoch, _ = next(one.iter_from(one.resharded(34, 2)))
     assert epoch == 3
+
+
+def test_stop_counts_summed_over_ranks_decode_to_the_signal_not_a_threshold():
+    """Each signal has its own count: eight SIGINTs stay SIGINT; any SIGTERM wins."""
+    from pyrotrain.distributed.base import stop_counts, stop_signal
+
+    def decoded(*stops: int) -> int:
+        return stop_signal([round(sum(c)) for c in zip(*map(stop_counts, stops), strict=True)])
+
+    assert decoded(*[signal.SIGINT] * 8) == signal.SIGINT
+    assert decoded(*[signal.SIGINT] * 7, signal.SIGTERM) == signal.SIGTERM
+    assert decoded(0, 0, signal.SIGTERM) == signal.SIGTERM
+    assert decoded(0, 0) == 0
+    with pytest.raises(ValueError, match="stop is 0 or one of"):
+        stop_counts(9)

@@ -22,6 +22,7 @@ from helpers import (
     PYROTRAIN,
     REPO,
     TESTS,
+    assert_same_run,
     cli_env,
     metrics_rows,
     run_summary,
@@ -31,7 +32,7 @@ from launched import (
     COMMON,
     LRS,
     STACK,
-    assert_same_final_state,
+    Result,
     failing_model,
     install_write_recorder,
     max_diff,
@@ -49,11 +50,6 @@ pytestmark = [
         reason="horovod is not installed in this environment (make install builds it)",
     ),
 ]
-
-
-class Result:
-    def __init__(self, rc: int, out: str, wall: float, writes: dict[str, list[str]]):
-        self.returncode, self.output, self.wall, self.writes = rc, out, wall, writes
 
 
 def launch(args: list[str], cwd: Path, env: dict[str, str], np: int = 2) -> subprocess.Popen:
@@ -277,7 +273,7 @@ def test_two_ranks_ten_steps_then_resume_equal_twenty_straight(tmp_path):
     assert r.writes == {"1.0": []}, r.writes
     summary = run_summary(job / "resumed")
     assert summary["resumed_from_step"] == 10 and summary["params_in_sync"] is True
-    assert_same_final_state(job / "straight", job / "resumed", 20)
+    assert_same_run(job / "straight", job / "resumed", 20, ranks=2)
 
 
 def test_ctrl_c_to_horovodrun_stops_every_rank_after_the_same_step(tmp_path):
@@ -312,7 +308,7 @@ def test_ctrl_c_to_horovodrun_stops_every_rank_after_the_same_step(tmp_path):
     assert r.returncode == 0, r.output
     r = hvdrun(tmp_path, *args, "hydra.run.dir=straight", cwd=tmp_path)
     assert r.returncode == 0, r.output
-    assert_same_final_state(tmp_path / "straight", tmp_path / "run", 500)
+    assert_same_run(tmp_path / "straight", tmp_path / "run", 500, ranks=2)
 
 
 def test_two_ranks_stop_early_after_the_same_step(tmp_path):

@@ -10,26 +10,13 @@ from pathlib import Path
 import pyro
 import pytest
 import torch
-from helpers import PYROTRAIN, QUICK, cli_env, metrics_rows, same, saved_params
+from helpers import PYROTRAIN, QUICK, assert_same_run, cli_env, metrics_rows
 from omegaconf import open_dict
 
 from pyrotrain.api import compose
 from pyrotrain.checkpoint import list_checkpoints, load_checkpoint
 from pyrotrain.errors import PyrotrainError, TrainingStopped
 from pyrotrain.loop import train
-
-
-def _assert_same_run(a: Path, b: Path, step: int) -> None:
-    pa, pb = saved_params(a), saved_params(b)
-    assert pa.keys() == pb.keys()
-    for name in pa:
-        assert torch.equal(pa[name], pb[name]), name
-    ca = load_checkpoint(a / "checkpoints" / f"step-{step:08d}.pt")
-    cb = load_checkpoint(b / "checkpoints" / f"step-{step:08d}.pt")
-    assert same(ca["optim"], cb["optim"])
-    assert same(ca["rng"], cb["rng"])
-    assert ca["loop"] == cb["loop"]
-
 
 RESUME_CASES = {
     "regression-adam": ["model=regression"],
@@ -52,7 +39,7 @@ def test_ten_steps_then_resume_equals_twenty_straight(tmp_path, overrides):
         tmp_path / "second",
     )
     assert summary["resumed_from_step"] == 10
-    _assert_same_run(tmp_path / "straight", tmp_path / "second", 20)
+    assert_same_run(tmp_path / "straight", tmp_path / "second", 20)
     # the metrics of the resumed run start after the checkpoint
     steps = [row["step"] for row in metrics_rows(tmp_path / "second")]
     assert steps == [15, 20]
@@ -89,7 +76,7 @@ def test_resume_auto_in_the_same_run_dir_and_fallback_past_a_corrupt_file(tmp_pa
             compose([*base, "trainer.steps=20", "trainer.resume=auto"]), tmp_path / "run"
         )
     assert second["resumed_from_step"] == 10
-    _assert_same_run(tmp_path / "straight", tmp_path / "run", 20)
+    assert_same_run(tmp_path / "straight", tmp_path / "run", 20)
     # metrics.jsonl keeps the first run's rows up to the checkpoint, then the resumed run's
     steps = [row["step"] for row in metrics_rows(tmp_path / "run")]
     assert steps == [5, 10, 15, 20]
@@ -349,7 +336,7 @@ def test_a_signal_mid_training_checkpoints_and_resume_matches_an_uninterrupted_r
     assert r.returncode == 0, r.stderr
     r = cli(*SIGNAL_RUN, f"hydra.run.dir={tmp_path / 'straight'}")
     assert r.returncode == 0, r.stderr
-    _assert_same_run(tmp_path / "straight", tmp_path / "run", 1500)
+    assert_same_run(tmp_path / "straight", tmp_path / "run", 1500)
     steps = [row["step"] for row in metrics_rows(tmp_path / "run")]
     assert steps == list(range(1, 1501))
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from helpers import (
     BIN,
     PYROTRAIN,
     TESTS,
+    assert_same_run,
     cli_env,
     metrics_rows,
     run_summary,
@@ -33,8 +33,9 @@ from launched import (
     COMMON,
     LRS,
     STACK,
-    assert_same_final_state,
+    Result,
     failing_model,
+    free_port,
     install_write_recorder,
     max_diff,
     recorded_writes,
@@ -101,11 +102,6 @@ def finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
     return proc.returncode, out
 
 
-class Result:
-    def __init__(self, rc: int, out: str, wall: float, writes: dict[str, list[str]]):
-        self.returncode, self.output, self.wall, self.writes = rc, out, wall, writes
-
-
 def torchrun(
     tmp: Path, *args: str, cwd: Path, launcher: list[str] | None = None, timeout: float = 120
 ) -> Result:
@@ -169,7 +165,7 @@ def test_two_ranks_train_like_one_process_with_twice_the_batch(sgd_job):
 def test_multi_group_stack_with_dct_adam_matches_one_process(tmp_path):
     """Three groups (DCTAdam on a DCT-marked weight, AdagradRMSProp with clipping, Adam), a
     plateau scheduler, lr_scaling=linear and accumulate_grad_batches=2 (explicit
-    distributed=torch, allreduce=per_tensor over the default socket transport: one allreduce per
+    distributed=torch, allreduce=per_tensor over Gloo: one allreduce per
     parameter, 0-dim ones included), against one process with the doubled rates and all 100 rows
     of each step: equal to rounding only if clipping follows averaging, the scheduler sees the
     same loss, and the lrs are scaled."""
@@ -252,7 +248,41 @@ def test_ctrl_c_stops_every_rank_after_the_same_step_and_resume_is_exact(tmp_pat
     assert r.writes == {"1.0": []}, r.writes
     summary = run_summary(tmp_path / "job" / "run")
     assert summary["resumed_from_step"] == stopped["step"] and summary["params_in_sync"] is True
-    assert_same_final_state(straight, tmp_path / "job" / "run", 100)
+    assert_same_run(straight, tmp_path / "job" / "run", 100, ranks=2)
+
+
+_STOP_REDUCE = """
+import os, signal
+import pyro, torch
+from pyrotrain.distributed.torch import Settings, TorchBackend
+
+backend = TorchBackend(Settings())
+p = pyro.param("w", torch.zeros(3)).unconstrained()
+got = []
+for last in (signal.SIGINT, signal.SIGTERM, 0):
+    p.grad = torch.ones(3)
+    stop = last if backend.rank == backend.size - 1 else (0 if last == 0 else signal.SIGINT)
+    got.append(backend.reduce([p], 1.0, stop)[1])
+if backend.is_main:
+    print("STOPS", *got)
+"""
+
+
+def test_eight_ranks_stopped_by_sigint_stop_for_sigint_not_sigterm(tmp_path):
+    """The stop flag counts each signal apart: eight ranks' SIGINTs (whose signal numbers sum to
+    16, past SIGTERM's 15) decode as SIGINT; seven SIGINTs and one SIGTERM as SIGTERM; none as
+    0. Eight real ranks, each calling the backend's reduce."""
+    (tmp_path / "stop_reduce.py").write_text(_STOP_REDUCE)
+    r = subprocess.run(
+        [str(TORCHRUN), "--standalone", "--nproc-per-node", "8", "stop_reduce.py"],
+        cwd=tmp_path,
+        env=cli_env({"OMP_NUM_THREADS": "1"}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert f"STOPS {int(signal.SIGINT)} {int(signal.SIGTERM)} 0" in r.stdout, r.stdout
 
 
 def test_a_two_rank_checkpoint_resumes_in_one_process_resharded(tmp_path, straight):
@@ -326,7 +356,7 @@ def test_elastic_restart_after_a_sigkilled_worker_ends_bitwise_like_an_uninterru
     assert summary["resumed_from_step"] is not None and summary["resumed_from_step"] >= 10
     writes = job.writes()
     assert writes.get("1.1") == [], writes  # the restarted rank 1 wrote nothing either
-    assert_same_final_state(straight, tmp_path / "job" / "run", 100)
+    assert_same_run(straight, tmp_path / "job" / "run", 100, ranks=2)
 
 
 def test_a_failing_rank_ends_the_job_quickly_and_is_named(tmp_path):
@@ -352,17 +382,11 @@ def test_a_failing_rank_ends_the_job_quickly_and_is_named(tmp_path):
 # -- two launchers, two nodes ---------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_launchers_act_as_two_nodes_of_one_job(tmp_path, sgd_job):
     """Two torchrun launchers, ``--nnodes=2 --nproc-per-node=1``, meet through a c10d rendezvous
     on 127.0.0.1: one job of two ranks, one run directory, parameters in sync. It reduces with
     ``allreduce=per_tensor``, and ends with the same bits as the fused single-launcher job."""
-    port = _free_port()
+    port = free_port()
     args = [
         *SGD,
         "trainer.batch_size=50",

@@ -20,9 +20,9 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from pyrotrain import search
+from pyrotrain.console import screen
 from pyrotrain.errors import PyrotrainError
 from pyrotrain.io import write_text
-from pyrotrain.metrics import screen
 
 
 class OptunaSweeper(Sweeper):
@@ -68,13 +68,13 @@ class OptunaSweeper(Sweeper):
         )
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
 
-    def _study(self, url: str) -> Any:
+    def _study(self, storage: Any) -> Any:
         import optuna
         from optuna.study import StudyDirection
 
         return optuna.create_study(
             study_name=self.study_name,
-            storage=search.open_storage(url),
+            storage=storage,
             sampler=self.sampler,
             pruner=search.make_pruner(self.pruner),
             direction=StudyDirection[self.direction.upper()],
@@ -93,7 +93,8 @@ class OptunaSweeper(Sweeper):
             fixed += kept if not more else []
         url = search.storage_url(self.storage, self.sweep_dir)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)  # storage null: the study is in it
-        study = self._study(url)
+        storage = search.open_storage(url)
+        study = self._study(storage)
         console = screen()
         done = search.trials_done(study)
         console.print(
@@ -109,7 +110,7 @@ class OptunaSweeper(Sweeper):
                 [
                     *search.trial_overrides(t.params),
                     *fixed,
-                    f"hydra.sweeper.trial_id={t._trial_id}",
+                    f"hydra.sweeper.trial_id={search.trial_id(storage, self.study_name, t.number)}",
                     f"hydra.sweep.subdir={t.number}",
                 ]
                 for t in trials
@@ -118,8 +119,10 @@ class OptunaSweeper(Sweeper):
             try:
                 returns = self.launcher.launch(jobs, initial_job_idx=trials[0].number)
             except BaseException:  # Ctrl-C, SIGTERM, exit 2: these trials run again on resume
+                running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                numbers = {r.number for r in running}
                 for t in trials:
-                    if study._storage.get_trial(t._trial_id).state == TrialState.RUNNING:
+                    if t.number in numbers:
                         t.set_user_attr(search.INTERRUPTED, True)
                         study.tell(t, state=TrialState.FAIL)
                 raise
@@ -132,8 +135,7 @@ class OptunaSweeper(Sweeper):
 
         trial = study.ask()
         try:
-            for name, distribution in space.items():
-                trial._suggest(name, distribution)
+            search.suggest(trial, space)
         except ValueError as exc:  # a search space the stored study cannot take
             trial.set_user_attr(search.INTERRUPTED, True)
             study.tell(trial, state=TrialState.FAIL)

@@ -1,7 +1,9 @@
 """Distributed engines behind one :class:`~pyrotrain.distributed.base.Backend` contract.
 
-The loop talks to a backend only; :mod:`.base` holds the contract, launch detection and what a
-launcher implies; one module per engine (:mod:`.single`, :mod:`.horovod`) implements it.
+The loop talks to a backend only; :mod:`.base` holds the contract, the one reduce, launch
+detection and what a launcher implies; one module per engine implements it: :mod:`.single` (one
+process), :mod:`.horovod` (under ``horovodrun`` or ``mpirun``) and :mod:`.torch`
+(torch.distributed under ``torchrun``).
 """
 
 from __future__ import annotations

@@ -3,15 +3,17 @@ launcher implies before training starts: which engine launched this process, the
 agreed by every rank, what non-main ranks must not write, and how a failed rank is reported.
 
 An engine is one module in this package (``single``, ``horovod``, ``torch``) plus one YAML file in
-``conf/distributed/``; private modules (``_local``) are an engine's helpers. The module defines:
+``conf/distributed/`` (modules named ``_name`` are skipped: an engine's own helpers). It defines:
 
 - ``NAME``: the engine's name in ``distributed.name``;
 - ``LAUNCH_VARS``: ``(rank, size, local rank)`` environment variables its launcher sets, so that
   ``distributed=auto`` can tell that a process was started by it;
 - ``Settings``: a frozen dataclass of its ``distributed.*`` keys, checked by
   :func:`pyrotrain.schema.parse` like every other section (``name`` is its first field);
-- ``create(settings) -> Backend``, and ``share_start_time(start) -> float``, a collective that
-  gives every rank rank 0's start time (Hydra names the run directory after it).
+- ``create(settings) -> Backend`` (its ``reduce`` a :class:`Reducer` around the engine's own
+  :data:`Travel`: how one step's buffers go over the wire), and
+  ``share_start_time(start) -> float``, a collective that gives every rank rank 0's start time
+  (Hydra names the run directory after it).
 
 Nothing here imports an engine's library: an engine module imports it when it is created.
 """
@@ -24,11 +26,12 @@ import logging
 import math
 import os
 import pkgutil
+import signal
 import sys
 import time
 import warnings
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +42,7 @@ import pyro
 import torch
 from omegaconf import OmegaConf
 
+from .._compat_hydra import skip_multirun_yaml
 from ..errors import PyrotrainError
 from ..schema import parse, parse_named, setting
 
@@ -101,8 +105,10 @@ class Backend(Protocol):
 
     def reduce(self, params: Iterable[torch.Tensor], loss: float, stop: int) -> tuple[float, int]:
         """Make every rank's ``p.grad`` the mean over ranks, in place, in as few collectives as
-        the engine allows; return the ranks' mean ``loss`` and the sum of their ``stop`` codes
-        (nonzero: some rank was asked to stop), so all ranks act alike after this step."""
+        the engine allows (``op=sum``: the sum). ``stop`` is this rank's stop signal (0, or one of
+        :data:`STOP_SIGNALS`). Return the ranks' mean ``loss`` and the signal every rank stops
+        for after this step: 0 when no rank got one, else the first of :data:`STOP_SIGNALS` that
+        some rank got (:func:`stop_signal`), so all ranks act alike."""
         ...
 
     def gather_object(self, obj: Any) -> list[Any]:
@@ -185,6 +191,87 @@ def layout_of(params: Iterable[torch.Tensor]) -> Layout:
     # average by at least 1 / ranks.
     fingerprint = float(zlib.crc32(text.encode()) % 1021)
     return Layout(names, ps, sorted(groups.items()), fingerprint)
+
+
+#: The signals that ask a run to stop after the current step, the one that wins first: when ranks
+#: got different ones, every rank stops as if it had got the first (SIGTERM: the scheduler's).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def stop_counts(stop: int) -> list[float]:
+    """One slot per signal of :data:`STOP_SIGNALS` (1 for ``stop``'s, else 0): summed over ranks,
+    each slot counts the ranks that got that signal, so no sum of two kinds reads as a third."""
+    if stop and stop not in STOP_SIGNALS:
+        raise ValueError(f"stop is 0 or one of {[int(s) for s in STOP_SIGNALS]}, not {stop}")
+    return [float(stop == s) for s in STOP_SIGNALS]
+
+
+def stop_signal(counts: Iterable[int]) -> int:
+    """The signal the ranks stop for, from their :func:`stop_counts` summed: the first of
+    :data:`STOP_SIGNALS` some rank got, or 0."""
+    return next((int(s) for s, n in zip(STOP_SIGNALS, counts, strict=True) if n > 0), 0)
+
+
+#: How an engine carries one step's buffers: given the layout, its gradients (zeros where a rank
+#: has none) and the meta vector (float64), reduce them over the ranks and return the gradients
+#: (flat views, in layout order) and the ranks' mean of the meta vector (float64).
+Travel = Callable[
+    [Layout, list[torch.Tensor], torch.Tensor], tuple[list[torch.Tensor], torch.Tensor]
+]
+
+
+class Reducer:
+    """The one ``Backend.reduce`` of every engine; the engine supplies only ``travel``.
+
+    Each step's meta vector is ``[loss, layout fingerprint, one count per stop signal, one
+    has-a-gradient flag per parameter]``: the loss the ranks report (plateau schedulers see it)
+    is their mean without a collective of its own; the stop signal is decoded from counts, not
+    from a sum of signal numbers; a parameter whose gradient is None on some ranks gets the
+    others' with zeros from those (as in ``hvd.DistributedOptimizer``) while one with no gradient
+    anywhere stays None; and ranks whose traces hold different parameters fail loudly instead of
+    mixing up gradients.
+    """
+
+    def __init__(self, rank: int, size: int, travel: Travel):
+        self.rank, self.size, self.travel = rank, size, travel
+        self._key: frozenset | None = None
+        self._layout: Layout | None = None
+
+    @torch.no_grad()
+    def __call__(
+        self, params: Iterable[torch.Tensor], loss: float = 0.0, stop: int = 0
+    ) -> tuple[float, int]:
+        params = params if isinstance(params, (set, frozenset)) else set(params)
+        if self.size == 1:
+            return float(loss), stop
+        key = frozenset(params)
+        if key != self._key:  # the layout of a step's parameters rarely changes: keep it
+            self._key, self._layout = key, layout_of(params)
+        layout = self._layout
+        assert layout is not None  # set with _key
+        raw = [p.grad for p in layout.params]
+        meta = torch.tensor(
+            [float(loss), layout.fingerprint, *stop_counts(stop)]
+            + [float(g is not None) for g in raw],
+            dtype=torch.float64,
+        )
+        grads = [
+            g if g is not None else torch.zeros_like(p)
+            for g, p in zip(raw, layout.params, strict=True)
+        ]
+        reduced, mean = self.travel(layout, grads, meta)
+        if abs(mean[1].item() - layout.fingerprint) > 0.01:
+            raise RuntimeError(
+                f"rank {self.rank}: the ranks' traces hold different parameters this step "
+                f"(this rank: {', '.join(layout.names)}); every rank must create and use the "
+                "same Pyro parameters"
+            )
+        flags = 2 + len(STOP_SIGNALS)
+        has_grad = (mean[flags:] > 0).tolist()
+        for p, g, keep in zip(layout.params, reduced, has_grad, strict=True):
+            p.grad = g.view_as(p) if keep else None
+        counts = [round(c * self.size) for c in mean[2:flags].tolist()]
+        return mean[0].item(), stop_signal(counts)
 
 
 def param_digest() -> str:
@@ -342,30 +429,9 @@ def start_process(argv: list[str]) -> Launch | None:
             keys = tuple(o.split("=")[0] for o in _NON_MAIN_OVERRIDES)
             argv[1:] = [a for a in argv[1:] if not a.startswith(keys)]
             argv.extend(_NON_MAIN_OVERRIDES)
-            _skip_multirun_yaml()
+            skip_multirun_yaml()  # rank 0's copy is the one to keep
     os.environ[START_TIME_VAR] = repr(start)
     return launch
-
-
-def _skip_multirun_yaml() -> None:
-    """Hydra's basic sweeper saves multirun.yaml in the sweep dir whatever the config says; rank
-    0's copy is the one to keep."""
-    from hydra._internal.core_plugins import basic_sweeper
-    from hydra.core.plugins import Plugins
-
-    Plugins.instance()  # its plugin scan re-executes basic_sweeper: patch after it
-
-    class _NoSave:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(OmegaConf, name)
-
-        @staticmethod
-        def save(*args: Any, **kwargs: Any) -> None:
-            return None
-
-    if getattr(basic_sweeper, "OmegaConf", None) is OmegaConf:
-        # a stand-in, not the OmegaConf class the module's global is typed as
-        basic_sweeper.OmegaConf = _NoSave()  # type: ignore[misc, assignment]
 
 
 def failure_message(exc: BaseException, launch: Launch) -> str:

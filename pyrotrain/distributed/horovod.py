@@ -35,6 +35,7 @@ from ..schema import setting
 from .base import (
     Layout,
     PeerFailure,
+    Reducer,
     check_predivide,
     layout_of,
     lr_factor,
@@ -167,8 +168,7 @@ class HorovodBackend:
         # The usual case (fused; average or sum; no compression) takes ONE allreduce per step:
         # the loss and the flags ride at the end of the gradient buffer.
         self._packed = s.allreduce == "fused" and s.op != "adasum" and s.compression == "none"
-        self._layout_key: frozenset | None = None
-        self._layout: Layout | None = None
+        self._reducer = Reducer(self.rank, self.size, self._travel)
         if torch.cuda.is_available():
             torch.cuda.set_device(self.local_rank)
         if "OMP_NUM_THREADS" not in os.environ:
@@ -195,54 +195,11 @@ class HorovodBackend:
             for h in handles:
                 self._wait(h)
 
-    @torch.no_grad()
     def reduce(
         self, params: Iterable[torch.Tensor], loss: float = 0.0, stop: int = 0
     ) -> tuple[float, int]:
-        """Reduce the gradients of ``params`` over the ranks (in place); return the mean loss and
-        the sum of the ranks' ``stop`` codes (a signal number where a rank was asked to stop), so
-        all ranks agree to stop after the same step without a collective of their own."""
-        params = params if isinstance(params, (set, frozenset)) else set(params)
-        if self.size == 1:
-            return float(loss), stop
-        key = frozenset(params)
-        if key != self._layout_key:
-            self._layout_key, self._layout = key, layout_of(params)
-        layout = self._layout
-        assert layout is not None  # set with _layout_key
-        hvd = self.hvd
-        raw_grads = [p.grad for p in layout.params]
-        meta = torch.tensor(
-            [float(loss), layout.fingerprint, float(stop), *(g is not None for g in raw_grads)],
-            dtype=torch.float64,
-        )
-        grads = [
-            g if g is not None else torch.zeros_like(p)
-            for g, p in zip(raw_grads, layout.params, strict=True)
-        ]
-        with _collective(self.rank):
-            if self._packed:
-                reduced, mean = self._fused_packed(layout, grads, meta)
-            else:
-                reduce = {
-                    "fused": self._fused,
-                    "grouped": self._grouped,
-                    "per_tensor": self._per_tensor,
-                }[self.settings.allreduce]
-                pending = reduce(layout, grads)
-                meta_handle = hvd.allreduce_async_(meta, name="pyrotrain.meta", op=hvd.Sum)
-                reduced = pending()
-                mean = self._wait(meta_handle) / self.size
-        if abs(mean[1].item() - layout.fingerprint) > 0.01:
-            raise RuntimeError(
-                f"rank {self.rank}: the ranks' traces hold different parameters this step "
-                f"(this rank: {', '.join(layout.names)}); every rank must create and use the "
-                "same Pyro parameters"
-            )
-        has_grad = (mean[3:] > 0).tolist()
-        for p, g, keep in zip(layout.params, reduced, has_grad, strict=True):
-            p.grad = g.view_as(p) if keep else None
-        return mean[0].item(), round(mean[2].item() * self.size)
+        """See :meth:`~pyrotrain.distributed.base.Backend.reduce` (:class:`~.base.Reducer`)."""
+        return self._reducer(params, loss, stop)
 
     def gather_object(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order, on every rank."""
@@ -265,6 +222,25 @@ class HorovodBackend:
         return len(set(digests)) == 1
 
     # -- the three ways to hand gradients to Horovod ----------------------------------------------
+
+    def _travel(
+        self, layout: Layout, grads: list[torch.Tensor], meta: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The :data:`~.base.Travel` of this engine: ``allreduce``, ``op`` and ``compression``
+        pick the way."""
+        hvd = self.hvd
+        with _collective(self.rank):
+            if self._packed:
+                return self._fused_packed(layout, grads, meta)
+            reduce = {
+                "fused": self._fused,
+                "grouped": self._grouped,
+                "per_tensor": self._per_tensor,
+            }[self.settings.allreduce]
+            pending = reduce(layout, grads)
+            meta_handle = hvd.allreduce_async_(meta, name="pyrotrain.meta", op=hvd.Sum)
+            reduced = pending()
+            return reduced, self._wait(meta_handle) / self.size
 
     def _wait(self, handle: Any) -> Any:
         """``hvd.synchronize``, without its 1 ms sleeps between polls (most of a small step's

@@ -10,10 +10,7 @@ parameter layout. ``allreduce: per_tensor`` starts one asynchronous allreduce pe
 ``DistributedDataParallel`` without buckets, ``hvd.DistributedOptimizer`` and
 ``pyro.optim.HorovodOptimizer`` do); ``scripts/bench_scaling.py`` measures both.
 
-Where every rank is on this host and the tensors are on the CPU, those allreduces go over Unix
-sockets between the ranks (:mod:`._local`, ``transport: auto``) rather than through Gloo, whose
-per-collective latency dominated small steps here; ``transport: backend`` keeps them on Gloo/NCCL.
-Broadcasts and object gathers (rare) always use the backend.
+Every collective is torch.distributed's own (Gloo for CPU tensors, NCCL for CUDA tensors).
 
 The process group is built on the rendezvous store that torchrun's agent hosts (``env://``:
 ``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE``), so the job's start time can be agreed
@@ -25,7 +22,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -36,10 +32,10 @@ import torch.distributed as dist
 
 from ..errors import PyrotrainError
 from ..schema import setting
-from . import _local
 from .base import (
     Layout,
     PeerFailure,
+    Reducer,
     check_predivide,
     layout_of,
     lr_factor,
@@ -93,12 +89,6 @@ class Settings:
         "per_tensor: one asynchronous allreduce per parameter",
         default="fused",
     )
-    transport: Literal["auto", "socket", "backend"] = setting(
-        "how the allreduces travel between ranks on one host: socket (Unix sockets between the "
-        "ranks, Linux, CPU tensors, every rank on this host), backend (through gloo/nccl), or "
-        "auto (socket where it applies, else backend)",
-        default="auto",
-    )
 
     def check(self, key: str) -> None:
         check_predivide(self, key)
@@ -112,9 +102,7 @@ def create(settings: Settings) -> TorchBackend:
 
 _store: Any = None  # torchrun's rendezvous store (a client), once per process
 _group_settings: tuple[str, float] | None = None  # (backend, timeout) of the live process group
-_group_store: Any = None  # the live process group's store
 _groups_made = 0
-_local_group: _local.LocalGroup | None = None  # the live process group's socket group
 
 
 def _rendezvous_store() -> Any:
@@ -161,7 +149,7 @@ def _backend_name(requested: str) -> str:
 def process_group(backend: str, timeout: float) -> None:
     """Make the default process group (or keep the one this process already has, when a sweep's
     next job asks for the same backend and timeout)."""
-    global _group_settings, _group_store, _groups_made
+    global _group_settings, _groups_made
     if dist.is_initialized():
         if _group_settings == (backend, timeout):
             return
@@ -173,9 +161,7 @@ def process_group(backend: str, timeout: float) -> None:
     # torchrun's store outlives a restart: a fresh prefix per attempt keeps the dead ranks'
     # addresses from being read back
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    store = _group_store = dist.PrefixStore(
-        f"pyrotrain/{attempt}/group{_groups_made}", _rendezvous_store()
-    )
+    store = dist.PrefixStore(f"pyrotrain/{attempt}/group{_groups_made}", _rendezvous_store())
     dist.init_process_group(
         backend, store=store, rank=rank, world_size=size, timeout=timedelta(seconds=timeout)
     )
@@ -183,41 +169,13 @@ def process_group(backend: str, timeout: float) -> None:
 
 
 def close_group() -> None:
-    """Close the socket group and destroy the process group (before a new one, and at exit: left
-    to the interpreter's teardown, Gloo's threads once aborted a rank that had finished, with
-    "terminate called without an active exception")."""
-    global _local_group, _group_settings
-    if _local_group is not None:
-        _local_group.close()
-        _local_group = None
+    """Destroy the process group (before a new one, and at exit: left to the interpreter's
+    teardown, Gloo's threads once aborted a rank that had finished, with "terminate called
+    without an active exception")."""
+    global _group_settings
     if dist.is_initialized():
         dist.destroy_process_group()
     _group_settings = None
-
-
-def local_group(rank: int, size: int, timeout: float) -> _local.LocalGroup:
-    """The socket group of the live process group's ranks (made once per process group, by
-    every rank at the same point; :func:`close_group` ends both)."""
-    global _local_group
-    if _local_group is None:
-        _local_group = _local.LocalGroup(_group_store, rank, size, timeout)
-    return _local_group
-
-
-def _all_ranks_here(size: int) -> bool:
-    """Whether every rank of the job runs on this host (torchrun's LOCAL_WORLD_SIZE)."""
-    return os.environ.get("LOCAL_WORLD_SIZE") == str(size)
-
-
-class _Done:
-    """What a finished collective returns, for code that waits on a started one."""
-
-    @staticmethod
-    def wait() -> bool:
-        return True
-
-
-_DONE = _Done()
 
 
 @contextlib.contextmanager
@@ -260,9 +218,9 @@ class TorchBackend:
         # one process's mean over N*B rows divides)
         self._post_div = self.size / s.gradient_predivide_factor if s.op == "average" else 1.0
         self._packed = s.allreduce == "fused" and s.compression == "none"
-        self._layout_key: frozenset | None = None
-        self._layout: Layout | None = None
-        self._plan: list[list[int]] = []  # the layout's buckets: positions, by dtype and device
+        self._reducer = Reducer(self.rank, self.size, self._travel)
+        self._plan_of: Layout | None = None
+        self._plan: list[list[int]] = []  # that layout's buckets: positions, by dtype and device
         if torch.cuda.is_available():
             torch.cuda.set_device(self.local_rank % torch.cuda.device_count())
         if "OMP_NUM_THREADS" not in os.environ:
@@ -271,35 +229,9 @@ class TorchBackend:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, self.local_size)))
         if not self.is_main:
             tag_rank_output(self.rank)
-        self._local = self._socket_group()
-
-    def _socket_group(self) -> _local.LocalGroup | None:
-        """The Unix-socket group that carries this job's CPU allreduces, or None (backend)."""
-        s = self.settings
-        if self.size == 1 or s.transport == "backend":
-            return None
-        here, linux = _all_ranks_here(self.size), _local.available()
-        if not (here and linux):
-            if s.transport == "auto":
-                return None
-            why = "some ranks run on other hosts" if linux else f"this is {sys.platform}"
-            raise PyrotrainError(
-                f"the socket transport connects ranks on one Linux host, and {why} "
-                f"(LOCAL_WORLD_SIZE={os.environ.get('LOCAL_WORLD_SIZE')}, "
-                f"WORLD_SIZE={self.size})",
-                key="distributed.transport",
-                value=s.transport,
-                choices=["auto", "backend"],
-                hint="Use transport=auto (sockets where they apply, else the backend)",
-            )
-        with _collective(self.rank):
-            return local_group(self.rank, self.size, s.timeout)
 
     def _all_reduce(self, tensor: torch.Tensor) -> Any:
         """Start the sum of ``tensor`` over the ranks, in place; wait() on what it returns."""
-        if self._local is not None and tensor.device.type == "cpu" and tensor.is_contiguous():
-            self._local.all_reduce_(tensor)
-            return _DONE
         return dist.all_reduce(tensor, async_op=True)
 
     # -- the backend interface ------------------------------------------------------------------
@@ -320,50 +252,11 @@ class TorchBackend:
                 ):
                     layout.params[i].copy_(part.view_as(layout.params[i]))
 
-    @torch.no_grad()
     def reduce(
         self, params: Iterable[torch.Tensor], loss: float = 0.0, stop: int = 0
     ) -> tuple[float, int]:
-        """Reduce the gradients of ``params`` over the ranks (in place); return the mean loss and
-        the sum of the ranks' ``stop`` codes, so all ranks stop after the same step."""
-        params = params if isinstance(params, (set, frozenset)) else set(params)
-        if self.size == 1:
-            return float(loss), stop
-        key = frozenset(params)
-        if key != self._layout_key:
-            found = layout_of(params)
-            self._layout_key, self._layout = key, found
-            self._plan = _buckets(found.params, range(len(found.params)))
-        layout = self._layout
-        assert layout is not None  # set with _layout_key
-        raw = [p.grad for p in layout.params]
-        meta = [float(loss), layout.fingerprint, float(stop), *(float(g is not None) for g in raw)]
-        grads = [
-            g if g is not None else torch.zeros_like(p)
-            for g, p in zip(raw, layout.params, strict=True)
-        ]
-        with _collective(self.rank):
-            if self._packed:
-                reduced, total = self._fused_packed(grads, meta)
-            else:
-                meta_wire = torch.tensor(meta, dtype=torch.float64)
-                meta_work = self._all_reduce(meta_wire)
-                if self.settings.allreduce == "fused":
-                    reduced = self._fused(grads)
-                else:
-                    reduced = self._per_tensor(grads)
-                meta_work.wait()
-                total = meta_wire.tolist()
-        n = self.size
-        if abs(total[1] / n - layout.fingerprint) > 0.01:
-            raise RuntimeError(
-                f"rank {self.rank}: the ranks' traces hold different parameters this step "
-                f"(this rank: {', '.join(layout.names)}); every rank must create and use the "
-                "same Pyro parameters"
-            )
-        for p, g, ranks_with_grad in zip(layout.params, reduced, total[3:], strict=True):
-            p.grad = g.view_as(p) if ranks_with_grad > 0 else None
-        return total[0] / n, round(total[2])
+        """See :meth:`~pyrotrain.distributed.base.Backend.reduce` (:class:`~.base.Reducer`)."""
+        return self._reducer(params, loss, stop)
 
     def gather_object(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order, on every rank."""
@@ -394,9 +287,29 @@ class TorchBackend:
 
     # -- the ways to hand gradients to torch.distributed -----------------------------------------
 
+    def _travel(
+        self, layout: Layout, grads: list[torch.Tensor], meta: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The :data:`~.base.Travel` of this engine: ``allreduce`` and ``compression`` pick the
+        way; every one sums (torch.distributed's op) and divides here."""
+        if layout is not self._plan_of:
+            self._plan_of, self._plan = layout, _buckets(layout.params, range(len(layout.params)))
+        with _collective(self.rank):
+            if self._packed:
+                reduced, total = self._fused_packed(grads, meta)
+            else:
+                meta_work = self._all_reduce(meta)
+                if self.settings.allreduce == "fused":
+                    reduced = self._fused(grads)
+                else:
+                    reduced = self._per_tensor(grads)
+                meta_work.wait()
+                total = meta
+        return reduced, total / self.size
+
     def _fused_packed(
-        self, grads: list[torch.Tensor], meta: list[float]
-    ) -> tuple[list[torch.Tensor], list[float]]:
+        self, grads: list[torch.Tensor], meta: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """One allreduce (sum) per dtype and device (the buckets of this layout), the loss and
         flags riding at the end of the first buffer; the division for the mean is done here, on
         the gradients only. Returns the gradients and the summed ``meta``."""
@@ -405,7 +318,7 @@ class TorchBackend:
             parts = [grads[i].reshape(-1) for i in idx]
             n_grad = sum(t.numel() for t in parts)
             if j == 0:
-                parts.append(torch.tensor(meta, dtype=parts[0].dtype, device=parts[0].device))
+                parts.append(meta.to(dtype=parts[0].dtype, device=parts[0].device))
             flat = torch.cat(parts)
             if self._pre != 1.0:
                 flat[:n_grad].mul_(self._pre)
@@ -420,7 +333,7 @@ class TorchBackend:
             for i, g in zip(idx, flat[:n_grad].split(sizes), strict=True):
                 out[i] = g
             if j == 0:
-                total = flat[n_grad:].tolist()
+                total = flat[n_grad:].to(torch.float64)
         return out, total
 
     def _fused(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
