@@ -12,7 +12,7 @@ import torch
 from pyro.infer.autoguide import AutoNormal
 from torch import nn
 
-from pyrotrain.data import _sklearn_data, split
+from pyrotrain.data import sklearn_data_file, split
 from pyrotrain.errors import PyrotrainError
 
 PIXELS = 64
@@ -25,7 +25,7 @@ def load_digits(eval_fraction: float = 0.2, seed: int = 0):
     ``y`` is the digit (int64). Read from scikit-learn's data file without importing it (slow).
     Source: the UCI "Optical Recognition of Handwritten Digits" data set (Alpaydin & Kaynak).
     """
-    table = np.loadtxt(_sklearn_data("digits.csv.gz"), delimiter=",")
+    table = np.loadtxt(sklearn_data_file("digits.csv.gz"), delimiter=",")
     x = torch.as_tensor(table[:, :PIXELS])
     y = torch.as_tensor(table[:, PIXELS].astype(np.int64))
     info = {"source": "scikit-learn digits (UCI optdigits)", "pixels": PIXELS, "levels": LEVELS}

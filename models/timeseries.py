@@ -11,8 +11,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.ops.stats import crps_empirical
 
-from pyrotrain.csv_data import load_csv
-from pyrotrain.data import Dataset
+from pyrotrain.data import Dataset, load_csv
 from pyrotrain.errors import PyrotrainError
 
 CO2_CSV = Path(__file__).parent / "data" / "co2_mauna_loa_monthly.csv"

@@ -21,24 +21,17 @@ import pyro
 import torch
 from omegaconf import DictConfig
 
+from .calls import Binding
 from .checkpoint import check_compatible, check_run_dir, find_resume, shape_of
 from .config import RunConfig, parse_config
 from .console import screen
+from .construct import build_guide, build_model, check_sites
 from .data import BatchOrder, Dataset
 from .distributed import Backend, create_backend
 from .errors import PyrotrainError
 from .optim.spec import GroupSpec
 from .optim.stack import OptimizerStack
-from .registry import (
-    DATASETS,
-    ELBOS,
-    GUIDES,
-    MODELS,
-    call_with_kwargs,
-    import_object,
-    rate_default,
-    where_raised,
-)
+from .registry import DATASETS, ELBOS, call_with_kwargs, rate_default
 from .schema import Named
 
 
@@ -60,6 +53,7 @@ class Run:
     model_kwargs: frozenset[str] | None  # None: the model takes **kwargs
     shape: dict[str, Any]  # what a checkpoint must match
     resume: tuple[Path, dict[str, Any]] | None = None  # (file, payload) to continue from
+    binding: Binding | None = None  # a step's rows -> the model's arguments (calls.py)
 
     @property
     def total_steps(self) -> int:
@@ -100,11 +94,17 @@ def build(cfg: RunConfig | DictConfig | dict[str, Any], run_dir: Path | None = N
 
     pyro.set_rng_seed(config.seed)  # models may draw their initial weights (nn.Linear) when built
     with torch_defaults(dtype, device):
-        model = _build_model(config.model, data)
-        guide = _build_guide(config.guide, model)
+        model, owner = build_model(config.model, data)
+        guide = build_guide(config.guide, model, owner, data)
         elbo = call_with_kwargs(
             ELBOS.get(config.elbo.name, "elbo.name"), config.elbo.kwargs, "elbo"
         )
+        whole = batch_size is None and backend.size == 1
+        binding = Binding(data, model, guide, whole, _model_key(config))
+        # A user's own guide, or the guide of a user's model on their own data: built-in code and
+        # its tests' models run only when trained.
+        if config.guide.name == "custom" or (config.guide.name == "model" and data.call):
+            check_sites(model, guide, binding.sample(), "guide")
     _check_evaluation(config, model, data)
     order = BatchOrder(data.size, batch_size, config.seed, backend.rank, backend.size)
     steps_per_epoch = math.ceil(order.steps_per_epoch / trainer.accumulate_grad_batches)
@@ -137,10 +137,15 @@ def build(cfg: RunConfig | DictConfig | dict[str, Any], run_dir: Path | None = N
         dtype=dtype,
         order=order,
         steps_per_epoch=steps_per_epoch,
-        model_kwargs=_accepted_kwargs(model),
+        model_kwargs=binding.model_kwargs,
         shape=shape,
         resume=resume,
+        binding=binding,
     )
+
+
+def _model_key(config: RunConfig) -> str:
+    return "model.target" if config.model.name == "custom" else "model"
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -244,63 +249,6 @@ def build_data(data: Named, seed: int) -> Dataset:
     if "seed" in inspect.signature(loader).parameters and "seed" not in kwargs:
         kwargs["seed"] = seed
     return call_with_kwargs(loader, kwargs, "data")
-
-
-def _build_model(node: Named, data: Dataset) -> Callable:
-    kwargs = dict(node.kwargs)
-    if node.name == "custom":
-        target = import_object(kwargs.pop("target"), "model.target")
-    else:
-        target = MODELS.get(node.name, "model.name")
-    if inspect.isclass(target):
-        try:
-            return call_with_kwargs(target, kwargs, "model", data)
-        except PyrotrainError:
-            raise
-        except Exception as e:  # the model's own constructor failed: show where
-            raise PyrotrainError(
-                f"building the model failed: {type(e).__name__}: {e}{where_raised(e)}",
-                key="model",
-                value=node.name if node.name != "custom" else node.kwargs.get("target"),
-                hint="HYDRA_FULL_ERROR=1 shows the traceback",
-            ) from e
-    if kwargs:
-        raise PyrotrainError(
-            "this model is a function, so it takes no model settings", key="model", value=kwargs
-        )
-    return target
-
-
-def _build_guide(node: Named, model: Callable) -> Callable:
-    kwargs = dict(node.kwargs)
-    if node.name == "model":
-        guide = getattr(model, "guide", None)
-        if guide is None:
-            raise PyrotrainError(
-                "this model defines no guide of its own",
-                key="guide",
-                value=node.name,
-                choices=GUIDES.names(),
-            )
-        if kwargs:
-            raise PyrotrainError("guide=model takes no settings", key="guide", value=kwargs)
-        return guide
-    factory = GUIDES.get(node.name, "guide.name")
-    init = kwargs.get("init_loc_fn")
-    if isinstance(init, str):
-        path = init if ":" in init else f"pyro.infer.autoguide.initialization:{init}"
-        kwargs["init_loc_fn"] = import_object(path, "guide.init_loc_fn")
-    return call_with_kwargs(factory, kwargs, "guide", model)
-
-
-def _accepted_kwargs(fn: Callable) -> frozenset[str] | None:
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return None
-    return frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
 def _load_resume(

@@ -251,7 +251,7 @@ def find_resume(resume: str, run_dir: Path | None) -> tuple[Path, dict[str, Any]
     )
 
 
-def restore(run: Any, payload: dict[str, Any], batch: dict[str, Any]) -> dict[str, Any]:
+def restore(run: Any, payload: dict[str, Any], batch: Any) -> dict[str, Any]:
     """Load a checkpoint's state into the param store, ``run``'s stack and the RNGs; returns the
     optimizer arguments that differ from the checkpoint's (group -> key -> (was, now)).
 

@@ -38,9 +38,9 @@ from .errors import PyrotrainError
 from .evaluation import objective_value
 from .loop import train
 from .outputs import undo as undo_outputs
-from .registry import describe_exception
 from .search import PRUNED, TrialPruned, trial_reporter
 from .sweep import record_failure
+from .targets import describe_exception
 from .tracking import log_plots
 
 EXIT_USAGE = 2

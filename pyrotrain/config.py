@@ -302,23 +302,17 @@ def parse_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:
     logger = parse_loggers(plain.get("logger", "jsonl"))
     model = _required(plain, "model")
     if model.name == "custom":
-        target = model.kwargs.get("target")
-        if not isinstance(target, str) or not target:
-            raise PyrotrainError(
-                "model=custom needs model.target=package.module:Name",
-                key="model.target",
-                value=target,
-            )
-        if not callable(import_object(target, "model.target")):
-            raise PyrotrainError(
-                "model.target must name a class or a function", key="model.target", value=target
-            )
+        _user_target(model.kwargs.get("target"), "model.target", "model=custom", pair=True)
     else:
         MODELS.get(model.name, "model.name")
     data = _required(plain, "data")
     DATASETS.get(data.name, "data.name")
+    if data.name == "python" and data.kwargs.get("target") is not None:
+        _user_target(data.kwargs.get("target"), "data.target", "data=python", callable_=False)
     guide = parse_named(plain.get("guide", "auto_normal"), "guide")
-    if guide.name != "model":
+    if guide.name == "custom":
+        _user_target(guide.kwargs.get("target"), "guide.target", "guide=custom")
+    elif guide.name != "model":
         GUIDES.get(guide.name, "guide.name")
     elbo = parse_named(plain.get("elbo", "trace"), "elbo")
     check_kwargs(ELBOS.get(elbo.name, "elbo.name"), elbo.kwargs, "elbo")
@@ -347,6 +341,29 @@ def parse_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:
         logger=logger,
         plain=plain,
     )
+
+
+def _user_target(
+    target: Any, key: str, what: str, callable_: bool = True, pair: bool = False
+) -> None:
+    """Import a user's target up front, so a wrong name is refused before anything is built."""
+    if not isinstance(target, str) or not target:
+        raise PyrotrainError(
+            f"{what} needs {key}=package.module:NAME or {key}=path/to/file.py:NAME",
+            key=key,
+            value=target,
+        )
+    obj = import_object(target, key)
+    has_pair = callable(getattr(obj, "model", None)) and callable(getattr(obj, "guide", None))
+    if callable_ and not callable(obj) and not (pair and has_pair):
+        raise PyrotrainError(
+            f"{key} must name a class or a function; it names a {type(obj).__name__}, which "
+            "cannot be called",
+            key=key,
+            value=target,
+            hint="Name a class or a function"
+            + (", or an object with model and guide methods" if pair else ""),
+        )
 
 
 def _required(plain: dict[str, Any], key: str) -> Named:

@@ -22,6 +22,7 @@ import torch
 from rich.markup import escape
 
 from .build import Run, build, torch_defaults
+from .calls import Call
 from .checkpoint import (
     best_payload,
     from_loop_entry,
@@ -41,9 +42,9 @@ from .io import save_params, write_json
 from .metrics import MetricsSinks, ProgressDisplay, SmoothedLoss, Window
 from .optim.rows import TouchedRows, densify
 from .params import CollectParams
-from .registry import describe_exception
 from .rng import get_rng_state
 from .signals import StopSignals
+from .targets import describe_exception
 
 
 @dataclass
@@ -61,16 +62,10 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def batch_of(run: Run, index: torch.Tensor) -> dict[str, Any]:
-    """The training rows ``index`` as the model's keyword arguments (only those it accepts)."""
-    index = index.to(run.device)
-    batch: dict[str, Any] = {k: v[index] for k, v in run.data.train.items()}
-    batch["index"] = index
-    batch["size"] = run.data.size
-    accepted = run.model_kwargs
-    if accepted is not None:
-        batch = {k: v for k, v in batch.items() if k in accepted}
-    return batch
+def batch_of(run: Run, index: torch.Tensor) -> Call:
+    """The training rows ``index`` as the model's arguments (see :mod:`pyrotrain.calls`)."""
+    assert run.binding is not None  # build() binds every run
+    return run.binding(index)
 
 
 class Trainer:
@@ -288,20 +283,20 @@ class Trainer:
                 p.grad = None
         return params, losses, rows, invalid
 
-    def _batch(self, index: torch.Tensor) -> dict[str, Any]:
+    def _batch(self, index: torch.Tensor) -> Call:
         return batch_of(self.run, index)
 
-    def _loss_and_grads(self, batch: dict[str, Any], first: bool) -> Any:
+    def _loss_and_grads(self, batch: Call, first: bool) -> Any:
         run = self.run
         if not first:
-            return run.elbo.loss_and_grads(run.model, run.guide, **batch)
+            return batch.apply(run.elbo.loss_and_grads, run.model, run.guide)
         try:
-            return run.elbo.loss_and_grads(run.model, run.guide, **batch)
+            return batch.apply(run.elbo.loss_and_grads, run.model, run.guide)
         except PyrotrainError:
             raise
         except Exception as e:
             # The first batch is where a model meets its data: report the model's own words.
-            shapes = {k: tuple(v.shape) for k, v in batch.items() if torch.is_tensor(v)}
+            shapes = batch.shapes()
             raise PyrotrainError(
                 f"the model failed on the first batch: {describe_exception(e)}",
                 key="model",

@@ -48,16 +48,17 @@ class CollectParams(Messenger):
         return {v.unconstrained() for v in self._values.values()}  # type: ignore[attr-defined]
 
 
-def create_params(run: Any, batch: dict[str, Any]) -> set[torch.Tensor]:
+def create_params(run: Any, batch: Any) -> set[torch.Tensor]:
     """Create the run's parameters as a fresh run's first step does, and return them.
 
     Models and guides create their parameters lazily (autoguides drawing random numbers as they
     do, ``pyro.module`` registering the module's own tensors), so one ELBO evaluation on
-    ``batch`` (the model's arguments for the first minibatch, :func:`pyrotrain.loop.batch_of`)
+    ``batch`` (the first minibatch as the model's arguments, a :class:`pyrotrain.calls.Call` from
+    :func:`pyrotrain.loop.batch_of`)
     creates them; saved values are then copied into those very tensors.
     """
     with CollectParams() as capture, torch.no_grad():
-        run.elbo.loss(run.model, run.guide, **batch)
+        batch.apply(run.elbo.loss, run.model, run.guide)
     return capture.params
 
 

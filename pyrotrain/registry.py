@@ -7,56 +7,15 @@ an import path, so user code plugs in without registering: ``optimizer.name=mypk
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import re
 import types
 import typing
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from .errors import PyrotrainError
-
-
-def import_object(path: str, key: str | None = None) -> Any:
-    """Import ``package.module:Name`` or ``package.module.Name``."""
-    module_name, sep, attr = path.partition(":")
-    if not sep:
-        module_name, _, attr = path.rpartition(".")
-    if not module_name or not attr:
-        raise PyrotrainError(
-            "expected an import path such as 'package.module:Name'", key=key, value=path
-        )
-    try:
-        obj = importlib.import_module(module_name)
-    except ImportError as e:
-        raise PyrotrainError(
-            f"cannot import module '{module_name}' ({e})",
-            key=key,
-            value=path,
-            hint="Check that it is installed or on PYTHONPATH (the working directory is included)",
-        ) from e
-    except SyntaxError as e:
-        raise PyrotrainError(
-            f"module '{module_name}' has a syntax error: {e.msg} ({e.filename}, line {e.lineno})",
-            key=key,
-            value=path,
-        ) from e
-    except Exception as e:  # the user's module failed while it was imported
-        raise PyrotrainError(
-            f"importing module '{module_name}' failed: {type(e).__name__}: {e}{where_raised(e)}",
-            key=key,
-            value=path,
-        ) from e
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError as e:
-            raise PyrotrainError(
-                f"module '{module_name}' has no attribute '{attr}'", key=key, value=path
-            ) from e
-    return obj
+from .targets import import_object
 
 
 def looks_like_import_path(name: str) -> bool:
@@ -171,34 +130,6 @@ def call_with_kwargs(fn: Callable, kwargs: Mapping[str, Any], key: str, *args: A
     except ValueError:  # no signature to check against (a builtin)
         pass
     return fn(*args, **kwargs)
-
-
-def describe_exception(exc: BaseException) -> str:
-    """``Type: message (FILE, line N)`` for an error in user code, without the table of sample
-    sites that Pyro appends to errors raised inside a model."""
-    words = re.split(r"\n\s*Trace Shapes:", str(exc))[0].strip()
-    return f"{type(exc).__name__}: {words}{where_raised(exc)}"
-
-
-def where_raised(exc: BaseException) -> str:
-    """`` (FILE, line N)`` of the innermost frame of ``exc``'s traceback in the user's own code
-    (not in an installed library, the standard library or pyrotrain); else the innermost."""
-    import sysconfig
-    import traceback
-
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return ""
-    ours = str(Path(__file__).resolve().parent)
-    libraries = {sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib")}
-    own = [
-        f
-        for f in frames
-        if not any(f.filename.startswith(p) for p in (*libraries, ours))
-        and not f.filename.startswith("<")
-    ]
-    frame = (own or frames)[-1]
-    return f" ({frame.filename}, line {frame.lineno})"
 
 
 def _annotations(fn: Callable) -> dict[str, Any]:
@@ -378,9 +309,10 @@ def _register_builtins() -> None:
     ]:
         MODELS.register(name, f"pyrotrain.models.{target}")
     for name, target in [
-        ("diabetes", "pyrotrain.data:load_diabetes"),
-        ("synthetic_regression", "pyrotrain.data:make_regression"),
-        ("csv", "pyrotrain.csv_data:load_csv"),
+        ("diabetes", "pyrotrain.data.builtin:load_diabetes"),
+        ("synthetic_regression", "pyrotrain.data.builtin:make_regression"),
+        ("csv", "pyrotrain.data.tables:load_csv"),
+        ("python", "pyrotrain.data.python:load_python"),
         ("co2", "pyrotrain.models.timeseries:load_co2"),
         ("ratings", "pyrotrain.models.sparse:make_ratings"),
         ("digits", "pyrotrain.models.neural:load_digits"),

@@ -7,7 +7,7 @@ from pathlib import Path
 import pyro
 import pytest
 import torch
-from helpers import SMALL_CSV, metrics_rows, run_summary
+from helpers import SMALL_CSV, TESTS, metrics_rows, run_summary
 
 import pyrotrain
 from pyrotrain.build import build
@@ -21,6 +21,12 @@ EXTRA = {
     ("model", "custom"): ["model.target=toy_models:NetRegression", "+model.hidden=4"],
     ("data", "csv"): [f"data.path={SMALL_CSV}", "data.target=y"],
     ("guide", "model"): ["model=custom", "model.target=toy_models:NetRegression"],
+    ("data", "python"): [
+        "model=custom",
+        f"model.target={TESTS}/user_scripts/coin.py:model",
+        f"data.target={TESTS}/user_scripts/coin.py:make_data",
+    ],
+    ("guide", "custom"): ["guide.target=pyro.infer.autoguide:AutoDelta"],
 }
 
 

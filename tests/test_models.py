@@ -18,7 +18,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 import pyrotrain
 from pyrotrain.build import build, torch_defaults
-from pyrotrain.csv_data import load_csv
+from pyrotrain.data import load_csv
 from pyrotrain.errors import PyrotrainError
 from pyrotrain.loop import Trainer
 

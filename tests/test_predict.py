@@ -13,7 +13,7 @@ from helpers import SMALL_CSV
 from omegaconf import OmegaConf
 
 import pyrotrain
-from pyrotrain.csv_data import load_csv
+from pyrotrain.data import load_csv
 from pyrotrain.errors import PyrotrainError
 from pyrotrain.predict import main as predict_main
 
@@ -159,7 +159,7 @@ def test_forecast_on_a_csv_with_dates_continues_its_dates(tmp_path, capsys):
     ],
 )
 def test_date_columns_give_steps_and_the_season_of_their_spacing(tmp_path, cells, period, labels):
-    from pyrotrain.dates import Calendar
+    from pyrotrain.data import Calendar
 
     path = tmp_path / "d.csv"
     # Shuffled rows: sorted by date.

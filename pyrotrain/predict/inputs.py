@@ -25,7 +25,7 @@ class Rows:
 
 
 def _time_labels(t: torch.Tensor, info: dict[str, Any]) -> list[str]:
-    from ..dates import Calendar
+    from ..data import Calendar
 
     cal = Calendar.from_info(info.get("calendar"))
     if cal is not None:
@@ -68,7 +68,7 @@ def input_rows(run: Any, overrides: list[str], split: str) -> Rows:
 
 def _new_rows(run: Any, overrides: list[str]) -> Rows:
     from ..build import build_data
-    from ..csv_data import read_columns
+    from ..data import read_columns
     from ..schema import Named
 
     for item in overrides:
@@ -133,7 +133,7 @@ def _new_rows(run: Any, overrides: list[str]) -> Rows:
 
 def future_labels(run: Any, horizon: int) -> tuple[str, list[str]]:
     """The time labels of the ``horizon`` steps after the data's last one."""
-    from ..dates import Calendar
+    from ..data import Calendar
 
     info = run.data.info
     last = run.data.eval.get("t", run.data.train.get("t"))

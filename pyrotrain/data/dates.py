@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from .errors import PyrotrainError
+from ..errors import PyrotrainError
 
 # (pattern, strptime format, how a user writes it), most specific last.
 _FORMATS = [

@@ -1,22 +1,41 @@
 """Datasets as named tensors, and the seeded minibatch order.
 
 A dataset is a dict of tensors sharing their first dimension (the rows), split into train and
-eval parts. The model receives one minibatch of those tensors by name, plus ``index`` (the rows'
-positions in the training set) and ``size`` (the number of training rows) for plate scaling.
+eval parts. A built-in model receives one minibatch of those tensors by name, plus ``index`` (the
+rows' positions in the training set) and ``size`` (the number of training rows) for plate
+scaling. A user's own data (``data=python``) also says how it is passed (:class:`CallSpec`):
+which values go by position and which by keyword, as the user's own loop passes them.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 
-from .errors import PyrotrainError
+from ..errors import PyrotrainError
+
+
+@dataclass(frozen=True)
+class CallSpec:
+    """How a user's data is passed to the model and guide: the values named in ``positional`` by
+    position, then those in ``keyword`` by keyword. A name is a row tensor of ``Dataset.train``
+    (sliced to the minibatch, when there is one) or an entry of ``fixed`` (passed as it is: a
+    number, or a tensor whose first dimension is not the rows). ``form`` is how the user gave the
+    data (``tensor``, ``tuple``, ``list``, ``dict``), to hand it back whole to a constructor."""
+
+    positional: tuple[str, ...]
+    keyword: tuple[str, ...]
+    fixed: dict[str, Any]
+    form: str
+
+    def with_positional(self, names: tuple[str, ...]) -> CallSpec:
+        """The same call with the keyword values ``names`` (in this order) passed by position."""
+        rest = tuple(k for k in self.keyword if k not in names)
+        return CallSpec(self.positional + names, rest, self.fixed, self.form)
 
 
 @dataclass
@@ -24,6 +43,7 @@ class Dataset:
     train: dict[str, torch.Tensor]
     eval: dict[str, torch.Tensor] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    call: CallSpec | None = None  # a user's own data; None: a built-in set's named tensors
 
     def __post_init__(self) -> None:
         sizes = {k: v.shape[0] for k, v in self.train.items()}
@@ -32,17 +52,39 @@ class Dataset:
 
     @property
     def size(self) -> int:
+        if not self.train:  # a user's data without rows (numbers only) is one row
+            return 1
         return next(iter(self.train.values())).shape[0]
 
     def to(self, device: torch.device, dtype: torch.dtype) -> Dataset:
-        def cast(t: torch.Tensor) -> torch.Tensor:
+        def cast(t: Any) -> Any:
+            if not torch.is_tensor(t):
+                return t
             return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
 
+        call = self.call
+        if call is not None:
+            fixed = {k: cast(v) for k, v in call.fixed.items()}
+            call = CallSpec(call.positional, call.keyword, fixed, call.form)
         return Dataset(
             {k: cast(v) for k, v in self.train.items()},
             {k: cast(v) for k, v in self.eval.items()},
             self.info,
+            call,
         )
+
+    def user_object(self) -> Any:
+        """A user's data whole, in the form the user gave it (for a constructor's ``data``)."""
+        if self.call is None:
+            return self
+        value = {**self.call.fixed, **self.train}
+        names = self.call.positional + self.call.keyword
+        if self.call.form == "tensor":
+            return value[names[0]]
+        if self.call.form in ("tuple", "list"):
+            items = [value[n] for n in names]
+            return tuple(items) if self.call.form == "tuple" else items
+        return {n: value[n] for n in names}
 
 
 def split(tensors: dict[str, torch.Tensor], eval_fraction: float, seed: int, info: dict) -> Dataset:
@@ -62,56 +104,6 @@ def split(tensors: dict[str, torch.Tensor], eval_fraction: float, seed: int, inf
         {k: v[eval_idx] for k, v in tensors.items()} if n_eval else {},
         info,
     )
-
-
-def _standardize(x: torch.Tensor) -> torch.Tensor:
-    return (x - x.mean(0)) / x.std(0).clamp_min(1e-12)
-
-
-def _sklearn_data(name: str) -> Path:
-    """A data file bundled with scikit-learn, found without importing scikit-learn (slow)."""
-    spec = importlib.util.find_spec("sklearn")
-    if spec is None or spec.origin is None:
-        raise PyrotrainError("this dataset needs scikit-learn: pip install scikit-learn")
-    return Path(spec.origin).parent / "datasets" / "data" / name
-
-
-def load_diabetes(eval_fraction: float = 0.2, standardize: bool = True, seed: int = 0) -> Dataset:
-    """scikit-learn's bundled diabetes data: 442 patients, 10 features, disease progression."""
-    x = torch.as_tensor(np.loadtxt(_sklearn_data("diabetes_data_raw.csv.gz")))
-    y = torch.as_tensor(np.loadtxt(_sklearn_data("diabetes_target.csv.gz")))
-    if standardize:
-        x, y = _standardize(x), _standardize(y)
-    features = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
-    info = {"source": "scikit-learn diabetes (Efron et al. 2004)", "features": features}
-    return split({"x": x, "y": y}, eval_fraction, seed, info)
-
-
-def make_regression(
-    size: int = 10000,
-    features: int = 10,
-    noise: float = 0.5,
-    logistic: bool = False,
-    eval_fraction: float = 0.2,
-    seed: int = 0,
-) -> Dataset:
-    """Synthetic linear (or logistic) regression data with known weights, for scaling work."""
-    if size < 2 or features < 1:
-        raise PyrotrainError(
-            "data.size must be at least 2 and data.features at least 1",
-            key="data",
-            value={"size": size, "features": features},
-        )
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(size, features, generator=g, dtype=torch.float64)
-    w = torch.randn(features, generator=g, dtype=torch.float64)
-    logits = x @ w + 0.5
-    if logistic:
-        y = torch.bernoulli(torch.sigmoid(logits), generator=g)
-    else:
-        y = logits + noise * torch.randn(size, generator=g, dtype=torch.float64)
-    info = {"source": "synthetic", "true_weight": w.tolist()}
-    return split({"x": x, "y": y}, eval_fraction, seed, info)
 
 
 class BatchOrder:

@@ -4,7 +4,7 @@
     pyrotrain data=csv data.path=sales.csv data.target=units data.time=week model=timeseries
 
 The loader yields ``x`` (rows x features), ``y`` (the target) and, when ``time`` is given, ``t``
-(the time column: numbers, or ISO dates as step numbers, see :mod:`pyrotrain.dates`). With
+(the time column: numbers, or ISO dates as step numbers, see :mod:`pyrotrain.data.dates`). With
 ``time`` the rows are sorted by it and the last ``eval_fraction`` of them are held out (a forecast
 split); without it the held-out rows are drawn at random with the seed.
 
@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import Dataset, split
+from ..errors import PyrotrainError
+from .dataset import Dataset, split
 from .dates import parse_dates
-from .errors import PyrotrainError
 
 DTYPES = ("float32", "float64", "int64")
 
@@ -154,12 +154,25 @@ def _column(table: Table, name: str, key: str) -> int:
     return table.header.index(name)
 
 
+def _as_numbers(table: Table, j: int) -> np.ndarray | None:
+    """Column ``j`` as float64 in one conversion when every cell is a finite number, else None
+    (numpy parses text as ``float`` does, so the per-cell scan agrees with it)."""
+    try:
+        values = np.array([row[j] for row in table.rows]).astype(np.float64)
+    except ValueError:
+        return None
+    return values if np.isfinite(values).all() else None
+
+
 def numeric_column(table: Table, name: str, key: str) -> np.ndarray:
     """Column ``name`` as float64; a missing column, an empty cell or a non-number is a
     PyrotrainError naming the column and the file line."""
     j = _column(table, name, key)
+    values = _as_numbers(table, j)
+    if values is not None:
+        return values
     out = np.empty(len(table.rows))
-    for i, row in enumerate(table.rows):
+    for i, row in enumerate(table.rows):  # names the first bad cell
         value = _number(row[j])
         if value is None:
             raise PyrotrainError(
@@ -182,6 +195,9 @@ def default_features(table: Table, skip: set[str | None]) -> tuple[list[str], li
     features, text, mixed = [], [], []
     for j, name in enumerate(table.header):
         if name in skip:
+            continue
+        if _as_numbers(table, j) is not None:
+            features.append(name)
             continue
         numbers = [_number(row[j]) is not None for row in table.rows]
         if all(numbers):
@@ -267,7 +283,7 @@ def read_columns(
     is given (else in the file's order), and the ``info`` describing them.
 
     With ``target_required=False`` a file without the target column gives no ``y`` (new rows to
-    predict). A time column of ISO dates (:mod:`pyrotrain.dates`) gives ``t`` = the step number
+    predict). A time column of ISO dates (:mod:`pyrotrain.data.dates`) gives ``t`` = the step number
     from the first date, and ``info["calendar"]`` to write dates back.
     """
     if dtype not in DTYPES:
