@@ -26,12 +26,14 @@ _FILE_TARGET = re.compile(r"^(?P<file>.+\.py):(?P<attr>[\w.]+)$")
 
 
 def start_directory() -> Path:
-    """Where the command was started: Hydra's original working directory inside a Hydra job (in
-    case a config changes directory), else the current one."""
+    """Where the command was started: the current directory, or Hydra's original one inside a
+    Hydra job that changed directory (``hydra.job.chdir=true``). Only the ``chdir`` setting of
+    the job says so: the HydraConfig singleton outlives the job it was set for (an in-process
+    run after a CLI job in the same interpreter), so being initialised proves nothing."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        if HydraConfig.initialized():
+        if HydraConfig.initialized() and HydraConfig.get().job.get("chdir"):
             from hydra.utils import get_original_cwd
 
             return Path(get_original_cwd())
