@@ -33,7 +33,7 @@ def start_directory() -> Path:
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        if HydraConfig.initialized() and HydraConfig.get().job.get("chdir"):
+        if HydraConfig.initialized() and HydraConfig.get().job.chdir:
             from hydra.utils import get_original_cwd
 
             return Path(get_original_cwd())

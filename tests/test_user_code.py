@@ -17,6 +17,7 @@ from helpers import (
     REPO,
     TESTS,
     cli_env,
+    run_cli,
     run_summary,
     saved_params,
     unconstrained_params,
@@ -276,14 +277,7 @@ def test_data_files_npz_pt_parquet(tmp_path, monkeypatch):
 
 def test_a_script_by_file_trains_from_the_command_line_and_its_main_block_never_runs(tmp_path):
     run = tmp_path / "run"
-    r = subprocess.run(
-        [str(PYROTRAIN), *user_args("coin"), f"hydra.run.dir={run}"],
-        cwd=tmp_path,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = run_cli(*user_args("coin"), f"hydra.run.dir={run}", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "must not run" not in r.stdout + r.stderr
     data = load("coin", "make_data")()
